@@ -9,8 +9,10 @@ forgets to can only get "connection refused", never the real Hub.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
+import uuid
 
 
 def _free_port() -> int:
@@ -48,3 +50,38 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory: pytest.TempPathFactory):
+    """One local Hub for the whole session, on the port HF_ENDPOINT names (clients read it at import)."""
+    from hubft.testing import LocalHub
+
+    with LocalHub(tmp_path_factory.mktemp("local-hub"), port=HUB_PORT) as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub(local_hub):
+    """The session hub, up, without faults, and with an empty request log when the test starts."""
+    local_hub.set_faults(None)
+    local_hub.up()
+    local_hub.requests.clear()
+    yield local_hub
+    local_hub.set_faults(None)
+    local_hub.up()
+
+
+@pytest.fixture
+def api(hub):
+    """A client with the hub's write token (HF_TOKEN is blanked, so nothing is implicit)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(token=hub.token)
+
+
+@pytest.fixture
+def repo_id(hub, request: pytest.FixtureRequest) -> str:
+    """A repo id no other test uses: the test's name plus a random suffix, in the hub user's namespace."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:50].strip("-")
+    return f"{hub.user}/{name}-{uuid.uuid4().hex[:6]}"

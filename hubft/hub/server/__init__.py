@@ -1,0 +1,15 @@
+"""A local Hugging Face Hub-compatible server.
+
+It speaks the subset of the Hub's HTTP protocol that ``huggingface_hub``, ``timm`` and ``datasets`` use, stores
+repos under a local directory, and needs nothing beyond the standard library and hubft's own dependencies.
+:class:`LocalHub` runs it in a background thread (tests, notebooks); :func:`serve` runs it in the foreground
+(``hubft hub serve``). Module map: ``_app`` (routing, faults, log), ``_api_*`` (endpoints), ``_storage`` (disk
+layout), ``_auth`` (tokens), ``_faults`` (fault plans), ``_server`` (sockets), ``_names`` (input validation).
+"""
+
+from ._app import LoggedRequest
+from ._faults import FaultKind, FaultPlan, list_fault_kinds
+from ._local_hub import LocalHub
+from ._serve import serve
+
+__all__ = ["FaultKind", "FaultPlan", "LocalHub", "LoggedRequest", "list_fault_kinds", "serve"]

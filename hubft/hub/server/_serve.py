@@ -1,0 +1,58 @@
+"""``serve``: run a local Hub in the foreground, for ``hubft hub serve``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+from ._local_hub import LocalHub
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    root: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    user: str = "hubft-user",
+    token: str | None = None,
+    read_token: str | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Serve a local Hub over ``root`` until Ctrl-C, printing its endpoint and tokens once.
+
+    The tokens are the hub's own (random unless given), not the user's Hugging Face token, and are printed only in
+    this banner: copy them from there.
+
+    Args:
+        root: Directory holding the repos (created if missing; an earlier hub's root is reused).
+        host: Interface to bind; anything but loopback makes the hub reachable from other machines, over plain HTTP.
+        port: TCP port (0 picks a free one).
+        user: The user the tokens belong to.
+        token: The write token to accept; random when ``None``.
+        read_token: The read-only token to accept; random when ``None``.
+        out: Where to print the banner (standard output by default).
+
+    Raises:
+        HubError: when the port is taken or the root is in use or not a hub's.
+    """
+    out = out or sys.stdout
+    hub = LocalHub(root, host=host, port=port, user=user, token=token, read_token=read_token, record_requests=False)
+    with hub:
+        print(f"hubft local hub: serving {hub.root} at {hub.endpoint}", file=out)
+        print(f"  user:        {hub.user}", file=out)
+        print(f"  write token: {hub.token}", file=out)
+        print(f"  read token:  {hub.read_token}", file=out)
+        print("Point clients at it (HF_TOKEN = the write or read token above):", file=out)
+        exports = " ".join(f"{k}={v}" for k, v in hub.env().items() if k != "HF_TOKEN")
+        print(f"  export {exports} HF_TOKEN=...", file=out)
+        if host not in _LOOPBACK:
+            print(f"warning: listening on {host}: other machines can reach this hub, and tokens travel unencrypted",
+                  file=out)
+        print("Press Ctrl-C to stop.", file=out, flush=True)
+        try:
+            hub.wait()
+        except KeyboardInterrupt:
+            print("\nstopped", file=out)

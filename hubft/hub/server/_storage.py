@@ -1,0 +1,287 @@
+"""On-disk storage of the local Hub: content-addressed blobs, immutable commits, and per-repo refs.
+
+Layout under the root directory::
+
+    objects/ab/cdef...                 file contents, named by sha256 (shared by every repo)
+    repos/{type}s/{ns}/{name}/
+        repo.json                      visibility, creation date, branches, tags and PR refs
+        commits/{sha}.json             one immutable snapshot per commit
+        lfs/{sha256}                   empty markers: LFS objects uploaded to this repo
+    tmp/                               staging for atomic writes
+
+Every file is written to ``tmp/`` and moved into place with ``os.replace``, so a crash or a concurrent reader never
+sees half a file and a restarted server sees exactly what was committed. Blobs and commits never change once
+written; only ``repo.json`` is replaced, under the repo's lock. The LFS markers keep repos apart: a commit may only
+reference LFS objects uploaded to its own repo, so knowing a sha256 from someone else's private repo gives nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ._errors import ApiError, bad_request, revision_not_found
+from ._names import is_commit_sha
+from ._objects import Commit, FileEntry, utc_now
+from ._upload_rules import DEFAULT_GITATTRIBUTES
+
+_COPY_CHUNK = 1024 * 1024
+
+
+def _move_into_place(tmp: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, dest)
+
+
+class BlobStore:
+    """File contents addressed by their sha256, shared by all repos (identical files are stored once)."""
+
+    def __init__(self, root: Path) -> None:
+        self._dir = root / "objects"
+        self._tmp = root / "tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Where the content with this sha256 lives (whether or not it exists)."""
+        return self._dir / sha256[:2] / sha256[2:]
+
+    def has(self, sha256: str, size: int | None = None) -> bool:
+        """Whether the content is stored (with this size, when given)."""
+        try:
+            return size is None or self.path(sha256).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
+    def staging_file(self) -> IO[bytes]:
+        """A temporary file on the same file system as the store, to be moved into place once complete."""
+        return tempfile.NamedTemporaryFile(dir=self._tmp, delete=False)
+
+    def atomic_write(self, dest: Path, data: bytes) -> None:
+        """Write ``dest`` so that readers see either the old file or the whole new one, even after a crash."""
+        with self.staging_file() as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _move_into_place(f.name, dest)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` and return its sha256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not self.has(sha256, len(data)):
+            self.atomic_write(self.path(sha256), data)
+        return sha256
+
+    def put_stream(self, stream: IO[bytes], length: int, sha256: str) -> None:
+        """Store exactly ``length`` bytes read from ``stream``, which must hash to ``sha256``.
+
+        Raises:
+            ApiError: 400 when the body is shorter than announced or its size or hash differ; nothing is stored.
+        """
+        digest, remaining = hashlib.sha256(), length
+        with self.staging_file() as f:
+            try:
+                while remaining:
+                    chunk = stream.read(min(_COPY_CHUNK, remaining))
+                    if not chunk:
+                        raise bad_request(f"Upload of {sha256} ended after {length - remaining} of {length} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                    remaining -= len(chunk)
+                if digest.hexdigest() != sha256:
+                    raise bad_request(f"Uploaded content does not match oid {sha256} (got {digest.hexdigest()})")
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:
+                f.close()
+                os.unlink(f.name)
+                raise
+        _move_into_place(f.name, self.path(sha256))
+
+
+@dataclass
+class RepoState:
+    """The mutable part of a repo, stored in ``repo.json``."""
+
+    type: str
+    id: str
+    private: bool
+    created_at: str
+    heads: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    prs: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, revision: str) -> str | None:
+        """The commit a branch, a tag or a ``refs/heads|tags|pr/...`` ref points to; ``None`` if none."""
+        for prefix, refs in (("refs/heads/", self.heads), ("refs/tags/", self.tags), ("refs/pr/", self.prs)):
+            if revision.startswith(prefix):
+                return refs.get(revision[len(prefix):])
+        return self.heads.get(revision) or self.tags.get(revision)
+
+    def writable_ref(self, revision: str) -> tuple[dict[str, str], str] | None:
+        """The ref table and key a commit on ``revision`` moves: a branch or a PR ref, never a tag or a sha."""
+        if revision.startswith("refs/pr/"):
+            key = revision[len("refs/pr/"):]
+            return (self.prs, key) if key in self.prs else None
+        name = revision.removeprefix("refs/heads/")
+        return (self.heads, name) if name in self.heads else None
+
+
+class Repo:
+    """One repo's directory: its state, its commits, and the lock that serialises its writes."""
+
+    def __init__(self, base: Path, blobs: BlobStore) -> None:
+        self.base = base
+        self.blobs = blobs
+        self.lock = threading.RLock()
+        self._commits: dict[str, Commit] = {}
+
+    def state(self) -> RepoState:
+        """Read ``repo.json`` (a consistent snapshot: it is only ever replaced whole)."""
+        data = json.loads((self.base / "repo.json").read_text())
+        return RepoState(data["type"], data["id"], data["private"], data["createdAt"], data["heads"], data["tags"],
+                         data["prs"])
+
+    def save_state(self, state: RepoState) -> None:
+        """Replace ``repo.json``; callers hold :attr:`lock` across their read-modify-write."""
+        data = {"type": state.type, "id": state.id, "private": state.private, "createdAt": state.created_at,
+                "heads": state.heads, "tags": state.tags, "prs": state.prs}
+        self.blobs.atomic_write(self.base / "repo.json", json.dumps(data, indent=1).encode())
+
+    def commit(self, sha: str) -> Commit | None:
+        """The commit with this id, or ``None``."""
+        if not is_commit_sha(sha):
+            return None
+        cached = self._commits.get(sha)
+        if cached is None:
+            try:
+                cached = Commit.from_json(json.loads((self.base / "commits" / f"{sha}.json").read_text()))
+            except FileNotFoundError:
+                return None
+            self._commits[sha] = cached
+        return cached
+
+    def resolve(self, revision: str, state: RepoState | None = None) -> Commit:
+        """The commit ``revision`` names (branch, tag, PR ref or sha).
+
+        Raises:
+            ApiError: 404 ``RevisionNotFound``.
+        """
+        sha = (state or self.state()).resolve(revision) or revision
+        found = self.commit(sha)
+        if found is None:
+            raise revision_not_found(revision)
+        return found
+
+    def write_commit(self, commit: Commit) -> None:
+        """Store a commit (idempotent: the id is derived from the content)."""
+        dest = self.base / "commits" / f"{commit.id}.json"
+        if not dest.exists():
+            self.blobs.atomic_write(dest, json.dumps(commit.to_json()).encode())
+        self._commits[commit.id] = commit
+
+    def first_parent_history(self, sha: str) -> Iterator[Commit]:
+        """The commit ``sha`` and its first parents, newest first."""
+        current = self.commit(sha)
+        while current is not None:
+            yield current
+            current = self.commit(current.parents[0]) if current.parents else None
+
+    def ancestors(self, sha: str) -> list[Commit]:
+        """Every commit reachable from ``sha``, newest first (``git log`` order by date)."""
+        seen, stack, out = set(), [sha], []
+        while stack:
+            commit = self.commit(stack.pop())
+            if commit is None or commit.id in seen:
+                continue
+            seen.add(commit.id)
+            out.append(commit)
+            stack.extend(commit.parents)
+        return sorted(out, key=lambda c: c.date, reverse=True)
+
+    def mark_lfs(self, sha256: str) -> None:
+        """Record that this LFS object was uploaded to this repo."""
+        marker = self.base / "lfs" / sha256
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def owns_lfs(self, sha256: str, size: int | None = None) -> bool:
+        """Whether this LFS object was uploaded to this repo and is stored (with this size, when given)."""
+        return (self.base / "lfs" / sha256).exists() and self.blobs.has(sha256, size)
+
+
+class Storage:
+    """All repos under one root directory.
+
+    Args:
+        root: The directory holding the data; created if missing. Only one server may use it at a time (the
+            server takes a lock on it).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.blobs = BlobStore(self.root)
+        self._repos: dict[tuple[str, str], Repo] = {}
+        self._lock = threading.Lock()
+
+    def _base(self, repo_type: str, repo_id: str) -> Path:
+        return self.root / "repos" / f"{repo_type}s" / repo_id
+
+    def repo(self, repo_type: str, repo_id: str) -> Repo | None:
+        """The repo, or ``None`` if it does not exist. ``repo_id`` must already be validated."""
+        with self._lock:
+            handle = self._repos.get((repo_type, repo_id))
+            if handle is None:
+                base = self._base(repo_type, repo_id)
+                if not (base / "repo.json").exists():
+                    return None
+                handle = self._repos[(repo_type, repo_id)] = Repo(base, self.blobs)
+            return handle
+
+    def create_repo(self, repo_type: str, repo_id: str, *, private: bool, author: str) -> Repo:
+        """Create a repo whose ``main`` holds the Hub's initial commit (a default ``.gitattributes``).
+
+        Raises:
+            ApiError: 409 when it already exists.
+        """
+        with self._lock:
+            base = self._base(repo_type, repo_id)
+            if (base / "repo.json").exists():
+                raise ApiError(409, f"You already created this {repo_type} repo: {repo_id}")
+            handle = self._repos[(repo_type, repo_id)] = Repo(base, self.blobs)
+            content = DEFAULT_GITATTRIBUTES
+            self.blobs.put_bytes(content)
+            first = Commit((), "initial commit", "", author, utc_now(), {".gitattributes": FileEntry.regular(content)})
+            handle.write_commit(first)
+            handle.save_state(RepoState(repo_type, repo_id, private, first.date, heads={"main": first.id}))
+            return handle
+
+    def delete_repo(self, repo_type: str, repo_id: str) -> bool:
+        """Delete a repo (its blobs stay, they may be shared); return whether it existed."""
+        with self._lock:
+            base = self._base(repo_type, repo_id)
+            handle = self._repos.pop((repo_type, repo_id), None) or Repo(base, self.blobs)
+            if not (base / "repo.json").exists():
+                return False
+            with handle.lock:
+                # Move aside first so that the repo disappears at once, then clean up.
+                trash = Path(tempfile.mkdtemp(dir=self.root / "tmp"))
+                os.replace(base, trash / "repo")
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+
+    def repo_ids(self, repo_type: str) -> list[str]:
+        """The ids of all repos of a type, sorted."""
+        top = self.root / "repos" / f"{repo_type}s"
+        return sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in top.glob("*/*/repo.json"))
+
+    def read(self, entry: FileEntry) -> bytes:
+        """The whole content of a (small) file."""
+        return self.blobs.path(entry.sha256).read_bytes()
