@@ -1,0 +1,30 @@
+"""Data: load image-classification datasets, derive transforms from the model, feed torch.
+
+- :func:`load_data` reads a Hub dataset, an image folder, a CSV/parquet of image paths or a ``datasets`` object
+  into a :class:`DataBundle` (train/eval splits with one label vocabulary).
+- :func:`create_transforms` builds the train/eval transform from a model's ``pretrained_cfg`` (timm).
+- :class:`ImageClassificationDataset` turns a split into ``(image_tensor, target)`` items, optionally from an
+  in-memory cache decoded once.
+- :func:`disable_datasets_extra_hosts` keeps ``datasets`` from contacting hosts other than ``HF_ENDPOINT``.
+- :func:`make_synthetic_image_dataset` / :func:`write_image_folder` build tiny learnable datasets for smoke tests.
+"""
+
+from hubft.data._dataset import ImageClassificationDataset
+from hubft.data._hosts import disable_datasets_extra_hosts
+from hubft.data._sources import DataBundle, DataSource, load_data
+from hubft.data._synthetic import make_synthetic_image_dataset, synthetic_class_names, write_image_folder
+from hubft.data._transforms import ImageTransform, create_transforms, to_rgb
+
+__all__ = [
+    "DataBundle",
+    "DataSource",
+    "ImageClassificationDataset",
+    "ImageTransform",
+    "create_transforms",
+    "disable_datasets_extra_hosts",
+    "load_data",
+    "make_synthetic_image_dataset",
+    "synthetic_class_names",
+    "to_rgb",
+    "write_image_folder",
+]

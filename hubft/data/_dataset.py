@@ -1,0 +1,206 @@
+"""A torch map-style dataset over a ``datasets.Dataset`` of images, with an optional decoded-once cache."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from hubft.data._transforms import ImageTransform
+from hubft.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from hubft.data._sources import DataBundle
+
+__all__ = ["ImageClassificationDataset"]
+
+# cache="auto" decodes up front only when the uint8 cache stays under this size.
+CACHE_AUTO_MAX_BYTES = 512 * 2**20
+
+
+@contextmanager
+def _python_and_numpy_follow_torch() -> Iterator[None]:
+    """Seed ``random`` and ``numpy.random`` from torch's RNG for one item.
+
+    timm's crops and policies draw from Python's and NumPy's global RNGs, which DataLoader re-seeds per worker
+    but nothing re-seeds in the main process; drawing their seed from torch makes every augmentation a function
+    of torch's RNG state alone, in workers and in the main process alike. In the main process the previous states
+    are restored afterwards, so callers' own use of ``random`` is undisturbed; a worker's RNGs are its own, and
+    skipping the save/restore there (NumPy's alone costs ~100 us) keeps the per-item overhead small.
+    """
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    restore = torch.utils.data.get_worker_info() is None
+    if restore:
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        if restore:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """Items ``(image_tensor, target)`` from a ``datasets.Dataset`` with an image column and a label column.
+
+    ``target`` is the class index (an ``int``; the default collate makes it ``int64``) or, with ``multi_label``, a
+    float32 multi-hot vector of length ``num_classes``. ``num_classes`` defaults to the size of the label column's
+    ``ClassLabel``. Images are decoded and transformed in ``__getitem__``; the dataset pickles, so it works with
+    DataLoader workers. When the transform is random (``transform.training``, or any non-:class:`ImageTransform`
+    callable) Python's and NumPy's RNGs are seeded from torch's for each item, so the output depends only on
+    torch's RNG state (per worker: DataLoader seeds each one from its generator).
+
+    Cache: with ``cache=True`` every image is decoded once, here, into an in-memory uint8 tensor through
+    ``transform.cache_prepare`` (eval: the final resize and crop; train: a shrink to the eval resize size), and
+    ``__getitem__`` only runs ``transform.cache_finish`` (tensor augmentation and normalisation). For an eval
+    transform the items are bit-identical to the uncached ones; for a train transform the random crop works on
+    the shrunken image. ``cache="auto"`` caches when ``transform`` is an :class:`ImageTransform` and the cache
+    would take at most 512 MiB (``CACHE_AUTO_MAX_BYTES``); ``False`` never caches.
+
+    Raises:
+        ConfigError: ``cache=True`` with a transform that is not an :class:`ImageTransform`, a bad ``cache`` value,
+            or labels whose shape does not match ``multi_label``, or a multi-label dataset without
+            ``num_classes``.
+        DataError: a column is missing or not an image column, a label is out of range, or (here with the cache,
+            else when the item is read) an image file cannot be decoded; the row and file are named.
+
+    Examples:
+        >>> from hubft.data import create_transforms, make_synthetic_image_dataset
+        >>> cfg = {"input_size": (3, 16, 16), "crop_pct": 1.0}
+        >>> ds = ImageClassificationDataset(make_synthetic_image_dataset(), create_transforms(cfg, training=False),
+        ...                                 "image", "label")
+        >>> image, target = ds[0]
+        >>> image.shape, target, ds.cached
+        (torch.Size([3, 16, 16]), 0, True)
+    """
+
+    def __init__(
+        self,
+        hf_dataset: datasets.Dataset,
+        transform: Callable[[Image.Image], torch.Tensor],
+        image_column: str,
+        label_column: str,
+        multi_label: bool = False,
+        num_classes: int | None = None,
+        *,
+        cache: bool | Literal["auto"] = "auto",
+    ) -> None:
+        for column in (image_column, label_column):
+            if column not in hf_dataset.features:
+                raise DataError(f"column {column!r} not found; the columns are: {list(hf_dataset.features)}",
+                                fix="pass the image_column and label_column of the dataset (see load_data)")
+        if not isinstance(hf_dataset.features[image_column], datasets.Image):
+            raise DataError(f"column {image_column!r} is {hf_dataset.features[image_column]}, not datasets.Image",
+                            fix="load the data with hubft.data.load_data, or cast_column(column, datasets.Image())")
+        if cache not in ("auto", True, False):
+            raise ConfigError(f"cache must be 'auto', True or False, got {cache!r}", fix="pass cache='auto'")
+        self.transform = transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.multi_label = multi_label
+        self.num_classes = num_classes if num_classes is not None else _class_count(hf_dataset.features[label_column])
+        self.labels = self._read_labels(hf_dataset)
+        # a format or set_transform left on the dataset would change what indexing returns; items are ours to make
+        images = hf_dataset.select_columns([image_column]).cast_column(image_column, datasets.Image())
+        self._images = images.with_format(None)
+        self._stochastic = transform.training if isinstance(transform, ImageTransform) else True
+        self._cache: torch.Tensor | list[torch.Tensor] | None = None
+        if self._wants_cache(cache):
+            self._cache = self._build_cache()
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: DataBundle,
+        split: Literal["train", "eval"],
+        transform: Callable[[Image.Image], torch.Tensor],
+        *,
+        cache: bool | Literal["auto"] = "auto",
+    ) -> ImageClassificationDataset:
+        """The dataset for ``bundle.train`` or ``bundle.eval``, with the bundle's columns and classes."""
+        if split not in ("train", "eval"):
+            raise ConfigError(f"split must be 'train' or 'eval', got {split!r}", fix="pass split='train' or 'eval'")
+        return cls(getattr(bundle, split), transform, bundle.image_column, bundle.label_column,
+                   bundle.multi_label, bundle.num_classes, cache=cache)
+
+    @property
+    def cached(self) -> bool:
+        """Whether the images were decoded into the in-memory cache."""
+        return self._cache is not None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
+        if self._cache is not None:
+            source, apply = self._cache[index], self.transform.cache_finish
+        else:
+            source, apply = self._decode(index), self.transform
+        with _python_and_numpy_follow_torch() if self._stochastic else nullcontext():
+            image = apply(source)
+        return image, self._target(index)
+
+    def _read_labels(self, hf_dataset: datasets.Dataset) -> list:
+        labels = hf_dataset.with_format("arrow")[self.label_column].to_pylist()
+        if any(isinstance(label, list) != self.multi_label for label in labels):
+            raise ConfigError(
+                f"label column {self.label_column!r} holds {'ints' if self.multi_label else 'lists'}, "
+                f"but multi_label={self.multi_label}",
+                fix=f"pass multi_label={not self.multi_label}")
+        if self.multi_label and self.num_classes is None:
+            raise ConfigError("multi_label needs num_classes (the label column is not a list of ClassLabel)",
+                              fix="pass num_classes=")
+        for row, label in enumerate(labels):
+            for value in label if self.multi_label else [label]:
+                if value is None or value < 0 or (self.num_classes is not None and value >= self.num_classes):
+                    raise DataError(f"label {value} in row {row} is out of range for {self.num_classes} classes",
+                                    fix="load the data with hubft.data.load_data, which checks and encodes labels")
+        return labels
+
+    def _target(self, index: int) -> Any:
+        if not self.multi_label:
+            return self.labels[index]
+        target = torch.zeros(self.num_classes, dtype=torch.float32)
+        target[self.labels[index]] = 1.0
+        return target
+
+    def _decode(self, index: int) -> Image.Image:
+        try:
+            return self._images[index][self.image_column]
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... depending on the damage
+            raw = self._images.cast_column(self.image_column, datasets.Image(decode=False))[index][self.image_column]
+            where = raw.get("path") or "embedded image bytes"
+            raise DataError(f"cannot decode the image in row {index} ({where}): {type(error).__name__}: {error}",
+                            fix="replace or remove the unreadable image file") from error
+
+    def _wants_cache(self, cache: bool | str) -> bool:
+        if cache is False:
+            return False
+        if not isinstance(self.transform, ImageTransform):
+            if cache is True:
+                raise ConfigError("cache=True needs a transform made by hubft.data.create_transforms",
+                                  fix="build the transform with create_transforms, or pass cache=False")
+            return False
+        height, width = self.transform.cache_size
+        return cache is True or len(self) * 3 * height * width <= CACHE_AUTO_MAX_BYTES
+
+    def _build_cache(self) -> torch.Tensor | list[torch.Tensor]:
+        images = [self.transform.cache_prepare(self._decode(index)) for index in range(len(self))]
+        # one stacked tensor when every image has the same size: a single buffer that workers share for free
+        if images and len({image.shape for image in images}) == 1:
+            return torch.stack(images)
+        return images
+
+
+def _class_count(feature: object) -> int | None:
+    if isinstance(feature, (datasets.List, datasets.LargeList)):
+        feature = feature.feature
+    return feature.num_classes if isinstance(feature, datasets.ClassLabel) else None
