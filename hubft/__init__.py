@@ -1,1 +1,71 @@
-"""hubft"""
+"""hubft: fine-tune pretrained image backbones from the Hugging Face Hub, and share them back.
+
+The public API, by stage:
+
+- Backbones: :func:`create_model` (timm name, timm tag, ``hf-hub:owner/name``, ``local-dir:PATH``) strips the
+  classifier and re-initialises a head for your labels; :func:`freeze` / :func:`unfreeze`;
+  :func:`save_pretrained` / :func:`from_pretrained` (safetensors + timm ``config.json``).
+- Losses: :func:`create_loss`, :func:`list_losses`, :func:`register_loss`.
+- Learning rates: :func:`param_groups`, :func:`create_optimizer`, :func:`create_scheduler`, :func:`lr_curve`.
+- Data: :func:`load_data`, :func:`create_transforms`.
+- Training: :class:`FinetuneConfig`, :func:`finetune`, :class:`Finetuner` (the staged run the recipe uses).
+- The Hub: :func:`push_to_hub`, :func:`pull_from_hub`, ``hubft.testing.LocalHub``.
+"""
+
+__version__ = "0.1.0"
+
+from hubft.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    HubError,
+    HubftError,
+    ModelError,
+    TrainingError,
+    WeightsError,
+)
+from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, load_config
+
+# Everything below imports torch and timm (seconds): loaded on first use, so `hubft --help`, `hubft hub serve` and
+# `import hubft.testing` start fast.
+_LAZY = {
+    "hubft.models": ("create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained"),
+    "hubft.losses": ("create_loss", "list_losses", "register_loss"),
+    "hubft.optim": ("param_groups", "format_param_groups", "create_optimizer", "list_optimizers",
+                    "register_optimizer", "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve"),
+    "hubft.data": ("load_data", "create_transforms"),
+    "hubft.train.finetune": ("finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE"),
+    "hubft.train.lr_preview": ("lr_curve_for_config",),
+    "hubft.hub.push": ("push_to_hub", "pull_from_hub"),
+    "hubft.cli": ("parse_finetune_args",),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hubft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+__all__ = [
+    "__version__",
+    "HubftError", "ConfigError", "ModelError", "WeightsError", "DataError", "HubError", "CheckpointError",
+    "TrainingError",
+    "FinetuneConfig", "config_from_dict", "config_to_dict", "load_config", "parse_finetune_args",
+    "create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained",
+    "create_loss", "list_losses", "register_loss",
+    "param_groups", "format_param_groups", "create_optimizer", "list_optimizers", "register_optimizer",
+    "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve", "lr_curve_for_config",
+    "load_data", "create_transforms",
+    "finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE",
+    "push_to_hub", "pull_from_hub",
+]

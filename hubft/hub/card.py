@@ -1,0 +1,375 @@
+"""The model card: structured metadata (``ModelCardData`` + ``EvalResult``) and a body rendered from a template.
+
+The card is rendered from what a run directory holds (``config.json``, ``config.yaml``, ``metrics.json`` and the
+plots), so ``hubft push`` renders it again with the real repo id, and it is validated locally (parsed back the way
+the Hub parses it, the eval results recovered) before anything is uploaded. A directory written by
+:func:`hubft.save_pretrained` alone (no metrics) still gets a valid card, without results.
+
+Local paths (a ``local-dir:`` backbone, an image folder) appear in the card by their last component only: the card
+is public, the user's directory layout is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hubft.errors import HubError
+from hubft.train.checkpoint import atomic_write_text
+
+__all__ = ["PLOTS", "CARD_METRICS", "CardMetric", "model_card_data", "render_model_card", "validate_model_card",
+           "write_model_card"]
+
+PLOTS = {
+    "lr_curve.png": "Learning rate of every parameter group per optimizer update",
+    "loss_curve.png": "Training loss and evaluation metrics",
+    "confusion_matrix.png": "Confusion matrix on the evaluation split",
+}
+"""The plot files a run writes, with their captions in the card (and the order they appear in)."""
+
+_TAGS = ("hubft", "timm", "image-classification")
+
+
+@dataclass(frozen=True)
+class CardMetric:
+    """How one entry of ``metrics.json`` appears in the card's ``model-index``.
+
+    Attributes:
+        key: The key in the run's eval metrics.
+        metric_type: The Hub metric id (``EvalResult.metric_type``).
+        name: The pretty name shown on the Hub.
+        args: ``EvalResult.metric_args`` (e.g. the F1 average).
+    """
+
+    key: str
+    metric_type: str
+    name: str
+    args: tuple[tuple[str, str], ...] = ()
+
+
+CARD_METRICS = (
+    CardMetric("accuracy", "accuracy", "Top-1 accuracy"),
+    CardMetric("top5", "top_5_accuracy", "Top-5 accuracy"),
+    CardMetric("f1_macro", "f1", "Macro F1", (("average", "macro"),)),
+    CardMetric("f1_micro", "f1", "Micro F1", (("average", "micro"),)),
+    CardMetric("map", "mean_average_precision", "Mean average precision"),
+)
+"""Eval metrics published as ``EvalResult`` s, in order; the eval loss is shown in the body only."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a run directory says about itself (empty dicts for files that are absent)."""
+
+    root: Path
+    model: dict
+    metrics: dict
+    config: dict
+
+    @property
+    def facts(self) -> dict:
+        return self.metrics.get("run") or {}
+
+    @property
+    def base(self) -> dict:
+        return self.facts.get("base_model") or (self.model.get("hubft") or {}).get("source") or {}
+
+    @property
+    def dataset(self) -> dict:
+        return self.facts.get("dataset") or {}
+
+
+def _read_run(output_dir: str | os.PathLike) -> _Run:
+    root = Path(output_dir)
+
+    def read(name: str, parse) -> dict:
+        try:
+            value = parse((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    return _Run(root, read("config.json", json.loads), read("metrics.json", json.loads),
+                read("config.yaml", yaml.safe_load))
+
+
+def _base_model_license(base: dict, token: str | bool | None) -> str | None:
+    """The license the base model's card declares, when the base came from a Hub; None if it cannot be read."""
+    repo_id = base.get("repo_id")
+    if not repo_id:
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        # One request without retries: the license is a nicety, never a reason to stall a run or a push.
+        info = HfApi().model_info(repo_id, revision=base.get("revision"), token=token)
+    except Exception:  # offline, unreachable, private or gone: the license is simply not inherited
+        return None
+    card = info.card_data
+    value = getattr(card, "license", None) if card is not None else None
+    return value if isinstance(value, str) and value else None
+
+
+def _local_name(path: str | None) -> str | None:
+    return Path(path.rstrip("/\\")).name if path else None
+
+
+def _dataset_names(ds: dict) -> tuple[str | None, str, str]:
+    """(Hub dataset id or None, dataset_type for the model-index, human name)."""
+    if ds.get("kind") == "hub" and ds.get("dataset"):
+        return ds["dataset"], ds["dataset"], ds["dataset"]
+    kind = ds.get("kind") or "unknown"
+    if kind == "python" or not ds.get("dataset"):
+        return None, "custom", "an in-memory dataset"
+    name = _local_name(ds["dataset"])
+    return None, kind, f"local {kind} `{name}`"
+
+
+def _eval_split(ds: dict) -> str:
+    if ds.get("eval_split"):
+        return ds["eval_split"]
+    fraction = ds.get("eval_fraction")
+    held_out = f"{fraction:.0%} held out" if isinstance(fraction, (int, float)) else "held out"
+    return f"{ds.get('train_split') or 'train'} ({held_out})"
+
+
+def _base_label(base: dict, model: dict) -> str:
+    if base.get("repo_id"):
+        return base["repo_id"]
+    if base.get("kind") == "local":
+        return f"local directory `{_local_name(base.get('path') or base.get('source'))}`"
+    return base.get("source") or model.get("architecture") or "unknown"
+
+
+def model_card_data(output_dir: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,
+                    token: str | bool | None = None):
+    """The card's structured metadata (a ``huggingface_hub.ModelCardData``) for a run directory.
+
+    The license is, in order: ``license``, ``hub.license`` of the run's ``config.yaml``, else the license the base
+    model's Hub card declares (one request to the Hub; skipped silently when it fails).
+
+    Args:
+        output_dir: A run directory (see :func:`render_model_card`).
+        repo_id: The repo the card is for (names the ``model-index`` entry).
+        license: A license id that overrides the others.
+        token: Used only to read the base model's license from a private repo. Never written.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    run = _read_run(output_dir)
+    ds, final = run.dataset, run.metrics.get("final") or {}
+    dataset_id, dataset_type, dataset_name = _dataset_names(ds)
+    eval_results = [
+        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_type,
+                   dataset_name=dataset_name.replace("`", ""), dataset_split=_eval_split(ds),
+                   dataset_revision=ds.get("revision_sha") or ds.get("revision"), metric_type=m.metric_type,
+                   metric_name=m.name, metric_value=round(float(final[m.key]), 6), metric_args=dict(m.args) or None)
+        for m in CARD_METRICS if isinstance(final.get(m.key), (int, float))
+    ]
+    tags = [*_TAGS] + (["multi-label"] if run.facts.get("multi_label") else [])
+    license = license or (run.config.get("hub") or {}).get("license") or _base_model_license(run.base, token)
+    return ModelCardData(
+        library_name="timm", pipeline_tag="image-classification", license=license, tags=tags,
+        base_model=run.base.get("repo_id"), datasets=[dataset_id] if dataset_id else None,
+        metrics=sorted({r.metric_type for r in eval_results}) or None,
+        model_name=(repo_id or "model").split("/")[-1], eval_results=eval_results or None,
+    )
+
+
+def _fmt(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _procedure(run: _Run) -> list[tuple[str, str]]:
+    f, cfg, base, ds = run.facts, run.config, run.base, run.dataset
+    optim, schedule = cfg.get("optim") or {}, cfg.get("schedule") or {}
+    train_cfg = cfg.get("train") or {}
+    _, _, dataset_name = _dataset_names(ds)
+    base_value = _base_label(base, run.model) + (f" at `{base['revision']}`" if base.get("revision") else "")
+    if base and not base.get("pretrained", True):
+        base_value += " (random initialisation: no pretrained weights)"
+    elif base.get("head_reset"):
+        base_value += " (classifier replaced for these labels)"
+    dataset_revision = ds.get("revision_sha") or ds.get("revision")
+    rows = [
+        ("architecture", f"`{run.model.get('architecture', '-')}`"),
+        ("base model", base_value),
+        ("dataset", dataset_name + (f" at `{dataset_revision}`" if dataset_revision else "")),
+        ("train / eval images", f"{_fmt(f.get('train_examples'))} / {_fmt(f.get('eval_examples'))} "
+                                f"(eval: {_eval_split(ds)})"),
+        ("loss", f"`{f.get('loss')}`" + (f" ({_fmt(f['loss_options'])})" if f.get("loss_options") else "")),
+        ("optimizer", f"`{f.get('optimizer')}`" + (f" ({_fmt(optim['options'])})" if optim.get("options") else "")
+         + (f", gradient clipping at norm {optim['clip_grad_norm']}" if optim.get("clip_grad_norm") else "")),
+        ("schedule", f"`{f.get('schedule')}`" + (f" ({_fmt(schedule['options'])})" if schedule.get("options") else "")
+         + f", {_fmt(f.get('warmup_steps'))} linear warmup updates"
+         + (f" from {schedule['warmup_start_factor']} x lr" if schedule.get("warmup_start_factor") else "")),
+        ("epochs / optimizer updates", f"{_fmt(f.get('epochs'))} / {_fmt(f.get('updates'))}"
+         + (f" (capped at {train_cfg['max_updates']})" if train_cfg.get("max_updates") else "")),
+        ("effective batch size", f"{_fmt(f.get('effective_batch_size'))} = {_fmt(f.get('batch_size_per_process'))}"
+                                 f" per process x {_fmt(f.get('grad_accum_steps'))} accumulation steps x "
+                                 f"{_fmt(f.get('processes'))} processes"),
+        ("precision", (f"{f['mixed_precision']} mixed precision" if f.get("mixed_precision") not in (None, "no")
+                       else "fp32") + f" on {_fmt(f.get('device'))}" + (", channels-last" if f.get("channels_last") else "")),
+        ("seed", _fmt(f.get("seed"))),
+    ]
+    return rows if f else rows[:2]
+
+
+def _augmentation(f: dict) -> str:
+    aug = f.get("augmentation") or {}
+    # Defaults that mean "off" are left out, so the line lists what was actually applied.
+    off = {"auto_augment": None, "re_prob": 0.0, "color_jitter": None, "hflip": 0.0, "scale": None,
+           "ratio": None, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+    used = {k: v for k, v in aug.items() if k in off and v != off[k]}
+    mixing = used.get("mixup_alpha") or used.get("cutmix_alpha")
+    if mixing:
+        used.update({k: aug.get(k) for k in ("mixup_prob", "mixup_switch_prob", "mixup_off_epoch")
+                     if aug.get(k) is not None})
+    if used.get("re_prob"):
+        used["re_mode"] = aug.get("re_mode")
+    return (_fmt(used) + " (timm transforms, train split only)") if used else \
+        "none beyond timm's train-time resize and crop" if aug else "-"
+
+
+def _regularisation(f: dict) -> str:
+    reg = {k: v for k, v in (f.get("regularisation") or {}).items() if v not in (None, False, 0, 0.0)}
+    return _fmt(reg) if reg else "none"
+
+
+def _results(run: _Run) -> tuple[list, list, str, str]:
+    final = run.metrics.get("final") or {}
+    best = (run.metrics.get("best") or {}).get("eval") or {}
+    rows = [(m.name, _fmt(final.get(m.key)), _fmt(best.get(m.key))) for m in CARD_METRICS if m.key in final]
+    if "loss" in final:
+        rows.append(("Eval loss", _fmt(final["loss"]), _fmt(best.get("loss"))))
+    if final.get("per_class_accuracy"):
+        return rows, [(k, _fmt(v)) for k, v in final["per_class_accuracy"].items()], "Per-class accuracy", "accuracy"
+    if final.get("per_class_ap"):
+        return rows, [(k, _fmt(v)) for k, v in final["per_class_ap"].items()], "Per-class average precision", "AP"
+    return rows, [], "", ""
+
+
+def render_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,
+                      token: str | bool | None = None) -> str:
+    """Render the README.md model card of a run directory.
+
+    Metadata: ``library_name: timm``, ``pipeline_tag: image-classification``, tags, license, ``base_model`` (the
+    source repo), ``datasets`` (a Hub dataset id), ``metrics`` and a ``model-index`` whose eval results (top-1,
+    top-5, F1 or mAP, with the dataset id or local kind, split and revision) ``ModelCard.load(...).data
+    .eval_results`` returns. Body: the model and its labels, loading snippets with ``repo_id``, the training
+    procedure (base model and dataset with their revisions, loss, optimizer, per-group learning rates, schedule
+    and warmup, epochs, effective batch size, processes, precision, seed), augmentation and regularisation, final
+    and best results with per-class scores, the plots present in the directory, and framework versions.
+
+    Args:
+        output_dir: A directory written by :func:`hubft.finetune` (or only :func:`hubft.save_pretrained`).
+        repo_id: The repo the card is for; a placeholder ``<owner>/<name>`` when None.
+        license: See :func:`model_card_data`.
+        token: See :func:`model_card_data`.
+
+    Returns:
+        The card: YAML metadata between ``---`` lines, then the markdown body.
+    """
+    data = model_card_data(output_dir, repo_id=repo_id, license=license, token=token)
+    return _render(_read_run(output_dir), data, repo_id)
+
+
+def _render(run: _Run, data, repo_id: str | None) -> str:
+    from huggingface_hub import ModelCard
+
+    from hubft.hub._card_template import MODEL_CARD_TEMPLATE
+
+    shown_id = repo_id or "<owner>/<name>"
+    f = run.facts
+    labels = run.model.get("label_names") or f.get("label_names") or []
+    _, _, dataset_name = _dataset_names(run.dataset)
+    what = "multi-label image classifier" if f.get("multi_label") else "image classifier"
+    summary = (f"A `{run.model.get('architecture', '?')}` {what} for {len(labels) or '?'} classes, "
+               f"fine-tuned with hubft from {_base_label(run.base, run.model)}"
+               + (f" on {dataset_name}." if f else "."))
+    results, per_class, per_class_title, per_class_metric = _results(run)
+    card = ModelCard.from_template(
+        data, template_str=MODEL_CARD_TEMPLATE, title=shown_id.split("/")[-1], summary=summary, labels=labels,
+        repo_id=shown_id, procedure=_procedure(run),
+        param_groups=[{"name": g.get("name"), "lr": f"{g['lr']:.3g}", "weight_decay": _fmt(g.get("weight_decay"))}
+                      for g in f.get("param_groups") or []],
+        augmentation=_augmentation(f), regularisation=_regularisation(f),
+        eval_set=f"{dataset_name}, split {_eval_split(run.dataset)}", best_epoch=_fmt(run.metrics.get("best_epoch")),
+        results=results, per_class=per_class, per_class_title=per_class_title, per_class_metric=per_class_metric,
+        plots=[(name, caption) for name, caption in PLOTS.items() if (run.root / name).is_file()],
+        frameworks=list((f.get("frameworks") or {}).items()),
+    )
+    # Optional template sections leave runs of blank lines behind; markdown renders one the same.
+    return re.sub(r"\n{3,}", "\n\n", str(card))
+
+
+def validate_model_card(text: str, expected=None) -> None:
+    """Parse a card back the way the Hub does, without any network call, and check what it must carry.
+
+    Args:
+        text: The card.
+        expected: The ``ModelCardData`` it was rendered from; when given, the parsed eval results, base model,
+            license and datasets must equal it.
+
+    Raises:
+        HubError: The YAML does not parse, required fields are missing, or a parsed field differs from
+            ``expected`` (a rendering bug: nothing is uploaded).
+    """
+    from huggingface_hub import ModelCard
+
+    try:
+        card = ModelCard(text, ignore_metadata_errors=False)
+    except Exception as e:
+        raise HubError(f"the model card's metadata is invalid ({' '.join(str(e).split())[:300]})",
+                       fix="report this as a hubft bug; nothing was uploaded") from None
+    missing = [k for k in ("library_name", "pipeline_tag", "tags") if not getattr(card.data, k, None)]
+    if missing:
+        raise HubError(f"the model card lacks {', '.join(missing)}", fix="report this as a hubft bug")
+    if expected is None:
+        return
+
+    def results(data) -> list:
+        return [(r.metric_type, r.metric_value, r.dataset_type, r.dataset_split, r.dataset_revision)
+                for r in data.eval_results or []]
+
+    for name, got, want in (("eval results", results(card.data), results(expected)),
+                            ("base_model", card.data.base_model, expected.base_model),
+                            ("license", card.data.license, expected.license),
+                            ("datasets", card.data.datasets, expected.datasets)):
+        if got != want:
+            raise HubError(f"the model card's {name} parse back as {got!r}, not {want!r}",
+                           fix="report this as a hubft bug; nothing was uploaded")
+
+
+def write_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,
+                     token: str | bool | None = None, path: str | os.PathLike | None = None) -> Path:
+    """Render and validate the card of ``output_dir``, then write it atomically; returns its path.
+
+    Args:
+        output_dir: The run directory the card describes.
+        repo_id: See :func:`render_model_card`.
+        license: See :func:`model_card_data`.
+        token: See :func:`model_card_data`.
+        path: Where to write; default ``output_dir/README.md``.
+
+    Raises:
+        HubError: The rendered card does not validate (nothing is written).
+    """
+    data = model_card_data(output_dir, repo_id=repo_id, license=license, token=token)
+    text = _render(_read_run(output_dir), data, repo_id)
+    validate_model_card(text, expected=data)
+    target = Path(path) if path is not None else Path(output_dir) / "README.md"
+    atomic_write_text(target, text)
+    return target

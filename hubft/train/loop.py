@@ -1,0 +1,289 @@
+"""The training and evaluation loop of a :class:`~hubft.train.finetune.Finetuner`.
+
+Time is explicit: the optimizer-update count drives the schedule, logging and checkpoints; dropout is seeded from
+``(seed, epoch, batch, process)`` and augmentation from ``(seed, epoch, index)``, so an interrupted run resumed from a
+checkpoint replays exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hubft.errors import TrainingError
+from hubft.faults import fault_point
+from hubft.train.checkpoint import prune_checkpoints, write_checkpoint
+from hubft.train.metrics import classification_metrics, multilabel_metrics
+from hubft.train.sampler import mix_seed
+from hubft.train.state import STATE_FILE, TrainState
+
+if TYPE_CHECKING:
+    from hubft.train.finetune import Finetuner
+
+__all__ = ["TrainLoop"]
+
+
+class TrainLoop:
+    """Runs epochs, evaluates, checkpoints and resumes for one :class:`Finetuner` (set up already)."""
+
+    def __init__(self, ft: "Finetuner") -> None:
+        self.ft = ft
+        self.state = TrainState()
+        self.mixup = _create_mixup(ft)
+        self._loss_sum = torch.zeros((), dtype=torch.float64)
+        self.has_frozen = any(not p.requires_grad for p in ft.model.parameters())
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        ft, acc, s = self.ft, self.ft.accelerator, self.state
+        root = Path(ft.config.train.output_dir) / "checkpoints"
+        # Part of the epoch's mean train loss, so that a resumed run logs the same epoch record.
+        s.epoch_loss_sum = float(self._loss_sum) if s.batches_in_epoch else 0.0
+
+        def write(tmp: Path) -> None:
+            acc.save_state(str(tmp))
+            fault_point("checkpoint_after_accelerate_state")
+            if acc.is_main_process:
+                torch.save(ft.scheduler.state_dict(), tmp / "scheduler.pt")
+                if ft.ema is not None:
+                    save_file({k: v.contiguous() for k, v in ft.ema.module.state_dict().items()},
+                              str(tmp / "ema.safetensors"))
+                (tmp / STATE_FILE).write_text(s.to_json())
+                fault_point("checkpoint_after_train_state")
+
+        path = write_checkpoint(root, s.update, write, is_main_process=acc.is_main_process,
+                                wait=acc.wait_for_everyone, tmp_name=f".tmp-step-{s.update:08d}")
+        if acc.is_main_process:
+            prune_checkpoints(root, ft.config.train.keep_checkpoints)
+        return path
+
+    def resume(self, path: Path) -> None:
+        ft, acc = self.ft, self.ft.accelerator
+        state = TrainState.read(path)
+        state.check_compatible(self.state.compat, path)
+        acc.load_state(str(path))
+        ft.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        if ft.ema is not None and (path / "ema.safetensors").is_file():
+            ft.ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
+        state.compat = self.state.compat
+        self.state = state
+        ft.output.truncate_log(state.update)
+        acc.print(f"hubft: resumed from {path} (epoch {state.epoch}, update {state.update})")
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        ft, c, s = self.ft, self.ft.config, self.state
+        last = s.history[-1] if s.history else {}
+        for epoch in range(s.epoch, c.train.epochs):
+            if self._done():
+                break
+            if self.has_frozen and c.model.unfreeze_epoch is not None and epoch >= c.model.unfreeze_epoch:
+                from hubft.models import unfreeze
+
+                unfreeze(ft.accelerator.unwrap_model(ft.model))
+                self.has_frozen = False
+            s.epoch = epoch
+            self.train_epoch(epoch)
+            if ft.preempted:
+                return last
+            last = self.end_epoch(epoch)
+            if self._stop_early():
+                ft.accelerator.print(f"hubft: early stopping after epoch {epoch} (best epoch {s.best_epoch})")
+                break
+        return last
+
+    def _done(self) -> bool:
+        m = self.ft.config.train.max_updates
+        return m is not None and self.state.update >= m
+
+    def train_epoch(self, epoch: int) -> None:
+        ft, c, s, acc = self.ft, self.ft.config, self.state, self.ft.accelerator
+        dl = ft.train_dl
+        if s.batches_in_epoch:
+            dl = acc.skip_first_batches(ft.train_dl, s.batches_in_epoch)
+        # Accelerate's loaders re-set the sampler's epoch from their own iteration counter on every __iter__:
+        # set it through the loader actually iterated, or a resumed run would replay the wrong epoch's order.
+        dl.set_epoch(epoch) if hasattr(dl, "set_epoch") else ft.train_sampler.set_epoch(epoch)
+        ft.model.train()
+        bad = torch.zeros((), device=acc.device)
+        seen, t0 = 0, time.perf_counter()
+        self._loss_sum = torch.tensor(s.epoch_loss_sum, device=acc.device, dtype=torch.float64)
+        bar = _progress(ft, epoch)
+        for x, y in dl:
+            # Dropout / drop-path draw from torch's global RNG: seed it from the position in the run.
+            torch.manual_seed(mix_seed(c.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
+            if ft.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.mixup is not None and (c.data.mixup_off_epoch is None or epoch < c.data.mixup_off_epoch):
+                x, y = self.mixup(x, y, mix_seed(c.train.seed, 2, epoch, s.batches_in_epoch, acc.process_index))
+            with acc.accumulate(ft.model):
+                out = ft.model(x)
+                loss = ft.loss_fn(out, y)
+                bad = bad + (~torch.isfinite(loss.detach())).float()
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    self._check_finite(bad, epoch)
+                    if self.has_frozen:
+                        # Under DDP a frozen parameter may come back with a zero gradient: never let the optimizer
+                        # (momentum, weight decay) move it.
+                        for p in ft.model.parameters():
+                            if not p.requires_grad:
+                                p.grad = None
+                    if c.optim.clip_grad_norm is not None:
+                        acc.clip_grad_norm_(ft.model.parameters(), c.optim.clip_grad_norm)
+                    ft.optimizer.step()
+                    ft.optimizer.zero_grad(set_to_none=True)
+            s.batches_in_epoch += 1
+            seen += x.shape[0]
+            self._loss_sum += loss.detach()
+            if not acc.sync_gradients:
+                continue
+            s.update += 1
+            bad.zero_()
+            fault_point("after_optimizer_step")
+            ft.scheduler.step_update(s.update)
+            if ft.ema is not None:
+                ft.ema.update(acc.unwrap_model(ft.model), step=s.update)
+            if s.update % c.train.log_every == 0 or s.update == 1:
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                rec = {"type": "step", "step": s.update, "epoch": epoch, "loss": float(loss.detach()),
+                       "lr": {n: g["lr"] for n, g in zip(ft.group_names, ft.optimizer.param_groups)},
+                       "images_per_s": seen * acc.num_processes / elapsed}
+                ft.output.log(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{ft.optimizer.param_groups[0]['lr']:.2e}",
+                                    img_s=f"{rec['images_per_s']:.0f}")
+            if bar is not None:
+                bar.update(1)
+            acc.print(f"HUBFT_STEP {s.update}", flush=True) if _trace() else None
+            every = c.train.checkpoint_every
+            if every and s.update % every == 0:
+                self.save_checkpoint()
+            if self._agree(ft.preempted):
+                ft.preempted = True
+                self.save_checkpoint()
+                acc.print(f"hubft: stopped by SIGTERM at update {s.update}; checkpoint written, resume with "
+                          "train.resume=latest", flush=True)
+                break
+            if self._done():
+                break
+        if bar is not None:
+            bar.close()
+        self._epoch_train_loss = float(acc.reduce(self._loss_sum.float(), "mean")) / max(1, s.batches_in_epoch)
+
+    def _agree(self, flag: bool) -> bool:
+        acc = self.ft.accelerator
+        if acc.num_processes == 1:
+            return flag
+        t = torch.tensor(float(flag), device=acc.device)
+        return bool(acc.reduce(t, "sum") > 0)
+
+    def _check_finite(self, bad: torch.Tensor, epoch: int) -> None:
+        acc, ft = self.ft.accelerator, self.ft
+        if acc.mixed_precision != "fp16":
+            # Gradients too (an inf * 0 can poison them under a finite loss); fp16's scaler handles its own infs.
+            grads = [p.grad for p in ft.model.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                bad = bad + (~torch.isfinite(norm)).float()
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad.clone(), "sum")
+        if float(bad) > 0:
+            ft.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(
+                f"non-finite loss or gradients at epoch {epoch}, step {self.state.update + 1}; no update was applied "
+                "and the last complete checkpoint is kept",
+                fix="lower optim.lr, add optim.clip_grad_norm, check the data, or use mixed_precision 'no'",
+            )
+
+    # -- evaluation and epoch end -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        ft, acc = self.ft, self.ft.accelerator
+        was_training = model.training
+        model.eval()
+        logits, targets = [], []
+        for x, y in ft.eval_dl:
+            if ft.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with acc.autocast():
+                out = model(x)
+            out, y = acc.gather_for_metrics((out.float().contiguous(), y.contiguous()))
+            logits.append(out.cpu())
+            targets.append(y.cpu())
+        model.train(was_training)
+        logits, targets = torch.cat(logits), torch.cat(targets)
+        names = list(ft.data.label_names)
+        if ft.data.multi_label:
+            metrics = multilabel_metrics(logits, targets, names)
+        else:
+            metrics = classification_metrics(logits, targets, names)
+        try:
+            metrics["loss"] = float(ft.loss_fn(logits, targets))
+        except Exception:  # a user loss may not run on CPU tensors outside its device; the metric is optional
+            metrics["loss"] = None
+        return metrics
+
+    def end_epoch(self, epoch: int) -> dict:
+        ft, s, c = self.ft, self.state, self.ft.config
+        metrics = self.evaluate(ft.model)
+        record = {"type": "epoch", "epoch": epoch, "step": s.update, "train_loss": self._epoch_train_loss,
+                  "eval": metrics}
+        if ft.ema is not None:
+            record["eval_ema"] = self.evaluate(ft.ema.module)
+        key = "map" if ft.data.multi_label else "accuracy"
+        value = metrics[key]
+        ft.scheduler.step_epoch(epoch, metric=value)
+        if s.best_metric is None or value > s.best_metric:
+            s.best_metric, s.best_epoch, s.epochs_without_improvement = value, epoch, 0
+        else:
+            s.epochs_without_improvement += 1
+        s.history.append({k: v for k, v in record.items() if k != "type"} | {"eval": _summary(metrics)})
+        ft.output.log(record | {"eval": _summary(metrics)})
+        ft.accelerator.print(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  eval "
+                             + "  ".join(f"{k} {v:.4f}" for k, v in _summary(metrics).items() if v is not None))
+        self.last_metrics = metrics
+        s.epoch, s.batches_in_epoch, s.epoch_loss_sum = epoch + 1, 0, 0.0
+        self.save_checkpoint()
+        return record
+
+    def _stop_early(self) -> bool:
+        p = self.ft.config.train.early_stopping_patience
+        return p is not None and self.state.epochs_without_improvement >= p
+
+    def best_record(self) -> dict | None:
+        s = self.state
+        if s.best_epoch is None:
+            return None
+        return next((h for h in s.history if h["epoch"] == s.best_epoch), None)
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+
+
+def _trace() -> bool:
+    import os
+
+    return os.environ.get("HUBFT_FAULT_TRACE") == "1"
+
+
+def _progress(ft: "Finetuner", epoch: int):
+    if not ft.accelerator.is_main_process:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=ft.updates_per_epoch, initial=math.ceil(ft.loop.state.batches_in_epoch /
+                                                              ft.config.train.grad_accum_steps)
+                if hasattr(ft, "loop") else 0, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True, leave=False)
+
+
+def _create_mixup(ft: "Finetuner"):
+    from hubft.train.mixing import create_mixing
+
+    return create_mixing(ft)

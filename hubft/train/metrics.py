@@ -1,0 +1,87 @@
+"""Evaluation metrics computed from gathered logits and targets.
+
+Single-label: loss, top-1, top-5 (with at least 5 classes), per-class accuracy, macro F1 and the confusion matrix.
+Multi-label: mean average precision and micro/macro F1 at a 0.5 probability threshold.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["classification_metrics", "multilabel_metrics"]
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, label_names: list[str]) -> dict:
+    """Metrics for single-label classification.
+
+    Args:
+        logits: ``[N, C]`` scores.
+        targets: ``[N]`` class indices.
+        label_names: ``C`` names, used as keys of ``per_class_accuracy``.
+
+    Returns:
+        ``accuracy``, ``top5`` (only when ``C >= 5``), ``f1_macro``, ``per_class_accuracy`` (name -> accuracy, None
+        for a class absent from the targets), ``confusion_matrix`` (``C x C`` nested lists, rows = true class) and
+        ``num_samples``.
+    """
+    logits = logits.float()
+    num_classes = logits.shape[1]
+    pred = logits.argmax(dim=1)
+    n = targets.numel()
+    out: dict = {"num_samples": int(n)}
+    out["accuracy"] = float((pred == targets).float().mean()) if n else 0.0
+    if num_classes >= 5:
+        top5 = logits.topk(5, dim=1).indices
+        out["top5"] = float((top5 == targets[:, None]).any(dim=1).float().mean()) if n else 0.0
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    cm.index_put_((targets.long(), pred.long()), torch.ones_like(targets, dtype=torch.long), accumulate=True)
+    support = cm.sum(dim=1)
+    predicted = cm.sum(dim=0)
+    tp = cm.diag()
+    per_class = {}
+    f1s = []
+    for c, name in enumerate(label_names):
+        per_class[name] = float(tp[c] / support[c]) if support[c] else None
+        denom = support[c] + predicted[c]
+        if support[c]:
+            f1s.append(float(2 * tp[c] / denom) if denom else 0.0)
+    out["f1_macro"] = sum(f1s) / len(f1s) if f1s else 0.0
+    out["per_class_accuracy"] = per_class
+    out["confusion_matrix"] = cm.tolist()
+    return out
+
+
+def _average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float | None:
+    num_pos = int(positives.sum())
+    if num_pos == 0:
+        return None
+    order = scores.argsort(descending=True)
+    hits = positives[order].float()
+    precision_at_k = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
+    return float((precision_at_k * hits).sum() / num_pos)
+
+
+def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, label_names: list[str]) -> dict:
+    """Metrics for multi-label classification (``targets`` is ``[N, C]`` multi-hot).
+
+    Returns:
+        ``map`` (mean over classes with at least one positive), ``f1_micro``, ``f1_macro``,
+        ``per_class_ap`` (name -> AP or None) and ``num_samples``.
+    """
+    probs = logits.float().sigmoid()
+    pos = targets > 0.5
+    pred = probs > 0.5
+    aps = {name: _average_precision(probs[:, c], pos[:, c]) for c, name in enumerate(label_names)}
+    valid = [v for v in aps.values() if v is not None]
+    tp = (pred & pos).sum(0).float()
+    fp = (pred & ~pos).sum(0).float()
+    fn = (~pred & pos).sum(0).float()
+    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
+    per_class_f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+    return {
+        "num_samples": int(targets.shape[0]),
+        "map": sum(valid) / len(valid) if valid else 0.0,
+        "f1_micro": float(2 * tp.sum() / micro_den) if micro_den else 1.0,
+        "f1_macro": float(per_class_f1.mean()),
+        "per_class_ap": aps,
+    }

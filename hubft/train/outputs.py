@@ -1,0 +1,159 @@
+"""The output directory of a run: what is written, when, and how it survives a crash.
+
+``log.jsonl`` is appended as training goes (one JSON record per line, ``step`` = optimizer updates); everything
+else is written once at the end, each file atomically (temporary name + rename), so an interrupted run never leaves
+a half-written model behind and a failed push leaves the directory intact to push again.
+
+Layout::
+
+    model.safetensors, config.json   the model (timm-loadable; hubft.save_pretrained)
+    config.yaml                      the resolved training config
+    metrics.json                     final and best metrics, per-epoch history and the facts of the run
+    README.md                        the model card
+    lr_curve.png, lr_curve.csv       every parameter group's LR per update (written before training)
+    loss_curve.png, confusion_matrix.png
+    log.jsonl                        per-step and per-epoch records
+    checkpoints/step-N/              resumable checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from hubft.config import config_to_dict
+from hubft.train.checkpoint import atomic_write_text
+
+if TYPE_CHECKING:
+    from hubft.train.finetune import Finetuner
+
+__all__ = ["OutputWriter", "framework_versions"]
+
+
+def framework_versions() -> dict:
+    """Versions of the libraries that shaped a run (recorded in metrics.json and the model card)."""
+    import accelerate
+    import datasets
+    import huggingface_hub
+    import safetensors
+    import timm
+    import torch
+
+    import hubft
+
+    return {"hubft": hubft.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "accelerate": accelerate.__version__, "datasets": datasets.__version__,
+            "huggingface_hub": huggingface_hub.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+class OutputWriter:
+    """Writes a run's files; only the main process writes, the others call the same methods as no-ops."""
+
+    def __init__(self, root: Path, *, is_main: bool) -> None:
+        self.root = root
+        self.is_main = is_main
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "log.jsonl"
+
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_log(self) -> list[dict]:
+        if not self.log_path.is_file():
+            return []
+        records = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line cut short by a kill
+                continue
+        return records
+
+    def truncate_log(self, step: int) -> None:
+        """Drop records written after update ``step`` (by a run that died after its last checkpoint)."""
+        if not self.is_main or not self.log_path.is_file():
+            return
+        kept = [r for r in self.read_log() if r.get("step", 0) <= step]
+        atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def start(self, ft: "Finetuner") -> None:
+        """Before training: the resolved config and the LR curves of every parameter group."""
+        if not self.is_main:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config_to_dict(ft.config), sort_keys=False))
+        from hubft.train.plots import plot_lr_of_run
+
+        plot_lr_of_run(ft, self.root)
+
+    def finish(self, ft: "Finetuner") -> Path:
+        """After training: model, metrics, plots and model card."""
+        acc = ft.accelerator
+        acc.wait_for_everyone()
+        if self.is_main:
+            from hubft.hub.card import write_model_card
+            from hubft.models import save_pretrained
+            from hubft.train.plots import plot_run
+
+            c, loop = ft.config, ft.loop
+            model = ft.ema.module if (ft.ema is not None and c.train.save_ema) else acc.unwrap_model(ft.model)
+            save_pretrained(model, self.root)
+            metrics = {
+                "final": getattr(loop, "last_metrics", None),
+                "best": loop.best_record(),
+                "best_epoch": loop.state.best_epoch,
+                "history": loop.state.history,
+                "run": self.run_facts(ft),
+            }
+            atomic_write_text(self.root / "metrics.json", json.dumps(metrics, indent=1))
+            plot_run(self.root, self.read_log(), metrics, list(ft.data.label_names))
+            write_model_card(self.root, repo_id=c.hub.repo_id)
+        acc.wait_for_everyone()
+        return self.root
+
+    @staticmethod
+    def run_facts(ft: "Finetuner") -> dict:
+        c, acc = ft.config, ft.accelerator
+        src = getattr(acc.unwrap_model(ft.model), "hubft_source", {}) or {}
+        return {
+            "base_model": src,
+            "dataset": ft.data.source.to_dict(),
+            "label_names": list(ft.data.label_names),
+            "multi_label": ft.data.multi_label,
+            "train_examples": len(ft.data.train),
+            "eval_examples": len(ft.data.eval),
+            "loss": c.loss.name if isinstance(c.loss.name, str) else c.loss.name,
+            "loss_options": c.loss.options,
+            "optimizer": c.optim.name,
+            "param_groups": [{"name": n, "lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"]}
+                             for n, g in zip(ft.group_names, ft.optimizer.param_groups)],
+            "schedule": c.schedule.name,
+            "warmup_steps": c.schedule.warmup_steps,
+            "epochs": c.train.epochs,
+            "updates": ft.loop.state.update,
+            "batch_size_per_process": c.train.batch_size,
+            "grad_accum_steps": c.train.grad_accum_steps,
+            "processes": acc.num_processes,
+            "effective_batch_size": c.train.batch_size * c.train.grad_accum_steps * acc.num_processes,
+            "mixed_precision": c.train.mixed_precision,
+            "channels_last": ft.channels_last,
+            "device": acc.device.type,
+            "seed": c.train.seed,
+            "augmentation": {k: getattr(c.data, k) for k in (
+                "auto_augment", "re_prob", "re_mode", "color_jitter", "hflip", "scale", "ratio", "mixup_alpha",
+                "cutmix_alpha", "mixup_prob", "mixup_switch_prob", "mixup_off_epoch")},
+            "regularisation": {"drop_rate": c.model.drop_rate, "drop_path_rate": c.model.drop_path_rate,
+                               "weight_decay": c.optim.weight_decay, "ema": c.train.ema},
+            "frameworks": framework_versions(),
+        }
