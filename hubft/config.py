@@ -196,7 +196,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}", fix=f"set {key} to one of them")
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
             return None
         # Try the non-string alternatives first so "3" becomes an int for Union[bool, int, str].
         for arg in sorted(args, key=lambda a: a is str):

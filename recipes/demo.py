@@ -82,6 +82,7 @@ with LocalHub(OUT / "hub", port=port, user="hubft-demo") as hub:
     # A from-scratch baseline with the same budget: same architecture, data, schedule and epochs.
     banner("baseline: the same fine-tune from random weights")
     scratch = hubft.load_config(CONFIG, {"model.name": "resnet10t", "model.pretrained": "false",
+                                         "model.freeze": "false", "model.unfreeze_epoch": "null",
                                          "hub.push": "false", "train.output_dir": str(OUT / "scratch-5-9")})
     baseline = hubft.finetune(scratch)
 

@@ -43,6 +43,7 @@ def test_yaml_and_flags_combine_with_flags_winning(tmp_path):
     assert c.model.freeze == 2
     assert c.loss.options == {"gamma": 2.0}
     assert c.data.classes == [5, 6, 7]
+    assert parse_finetune_args(["--model.unfreeze_epoch", "null", "--hub.repo_id", "null"]).model.unfreeze_epoch is None
 
 
 @pytest.mark.parametrize("data,needle", [
