@@ -216,6 +216,9 @@ class Finetuner:
         loss_options = dict(c.loss.options)
         # With mixup/cutmix the targets are soft already: label smoothing moves into the mixing step (as in timm).
         self.mixing_label_smoothing = loss_options.pop("label_smoothing", 0.0) if mixing_enabled(c.data) else 0.0
+        # What the card and metrics.json report: the spec itself, or the name of a function / class passed in.
+        self.loss_spec = loss_spec if isinstance(loss_spec, (str, dict, list)) else getattr(
+            loss_spec, "__name__", type(loss_spec).__name__)
         self.loss_fn = create_loss(loss_spec, **loss_options)
 
         # Parameter groups carry their LR multipliers baked in, so any torch scheduler honours them.
@@ -288,11 +291,15 @@ class Finetuner:
         c = self.config
         url = None
         if c.hub.push:
-            if self.accelerator.is_main_process:
-                from hubft.hub.push import push_to_hub
+            try:
+                if self.accelerator.is_main_process:
+                    from hubft.hub.push import push_to_hub
 
-                url = push_to_hub(c.train.output_dir, c.hub.repo_id, private=c.hub.private, revision=c.hub.revision)
-            self.accelerator.wait_for_everyone()
+                    url = push_to_hub(c.train.output_dir, c.hub.repo_id, private=c.hub.private,
+                                      revision=c.hub.revision)
+            finally:
+                # A failed push must still meet the other processes here, or they would wait forever.
+                self.accelerator.wait_for_everyone()
         return url
 
     def close(self) -> None:

@@ -133,7 +133,7 @@ class OutputWriter:
             "multi_label": ft.data.multi_label,
             "train_examples": len(ft.data.train),
             "eval_examples": len(ft.data.eval),
-            "loss": c.loss.name if isinstance(c.loss.name, str) else c.loss.name,
+            "loss": ft.loss_spec,
             "loss_options": c.loss.options,
             "optimizer": c.optim.name,
             "param_groups": [{"name": n, "lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"]}

@@ -1,0 +1,63 @@
+"""Training features beyond the basic loop: EMA, early stopping, multi-label data, launcher warnings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hubft
+
+
+def test_ema_is_evaluated_and_saved_when_asked(tmp_path, tiny_dataset, make_config):
+    cfg = make_config(tmp_path / "run", train={"epochs": 1, "ema": True, "ema_decay": 0.5, "save_ema": True})
+    ft = hubft.Finetuner(cfg, dataset=tiny_dataset)
+    ft.setup()
+    ft.fit()
+    ft.save()
+    ft.close()
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    ema = ft.ema.module.state_dict()
+    raw = ft.accelerator.unwrap_model(ft.model).state_dict()
+    assert all(torch.equal(saved[k], ema[k].contiguous()) for k in saved)
+    assert any(not torch.equal(saved[k], raw[k].contiguous()) for k in saved if saved[k].is_floating_point())
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert "eval_ema" in history[0]
+
+
+def test_early_stopping_stops_after_patience(tmp_path, tiny_dataset, make_config):
+    # A near-zero LR: the metric soon stops improving, and the run must stop `patience` epochs after its best.
+    cfg = make_config(tmp_path / "run", optim={"lr": 1e-12, "weight_decay": 0.0},
+                      train={"epochs": 8, "early_stopping_patience": 1})
+    result = hubft.finetune(cfg, dataset=tiny_dataset)
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    accuracies = [h["eval"]["accuracy"] for h in history]
+    assert len(history) < 8
+    assert history[-1]["epoch"] == result["best_epoch"] + 1
+    assert accuracies[-1] <= max(accuracies[:-1])
+
+
+def test_multi_label_data_trains_with_bce_and_reports_map(tmp_path, make_config):
+    from hubft.data import make_synthetic_image_dataset
+
+    data = make_synthetic_image_dataset(num_classes=3, per_class=12, size=16, multi_label=True)
+    cfg = make_config(tmp_path / "run", train={"epochs": 2})
+    result = hubft.finetune(cfg, dataset=data)
+    assert {"map", "f1_micro", "f1_macro"} <= set(result["final"])
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "bce" in card
+
+
+def test_single_process_cpu_launch_is_warned(monkeypatch, capsys):
+    from hubft.train.finetune import _warn_single_process_cpu_launch
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _warn_single_process_cpu_launch()
+    assert "starts a single process" in capsys.readouterr().out
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _warn_single_process_cpu_launch()
+    assert capsys.readouterr().out == ""
