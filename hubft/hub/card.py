@@ -16,12 +16,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hubft.errors import HubError
 from hubft.train.checkpoint import atomic_write_text
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
 
 __all__ = ["PLOTS", "CARD_METRICS", "CardMetric", "model_card_data", "render_model_card", "validate_model_card",
            "write_model_card"]
@@ -148,7 +151,7 @@ def _base_label(base: dict, model: dict) -> str:
 
 
 def model_card_data(output_dir: str | os.PathLike, *, repo_id: str | None = None, license: str | None = None,
-                    token: str | bool | None = None):
+                    token: str | bool | None = None) -> ModelCardData:
     """The card's structured metadata (a ``huggingface_hub.ModelCardData``) for a run directory.
 
     The license is, in order: ``license``, ``hub.license`` of the run's ``config.yaml``, else the license the base
@@ -254,10 +257,11 @@ def _results(run: _Run) -> tuple[list, list, str, str]:
     rows = [(m.name, _fmt(final.get(m.key)), _fmt(best.get(m.key))) for m in CARD_METRICS if m.key in final]
     if "loss" in final:
         rows.append(("Eval loss", _fmt(final["loss"]), _fmt(best.get("loss"))))
-    if final.get("per_class_accuracy"):
-        return rows, [(k, _fmt(v)) for k, v in final["per_class_accuracy"].items()], "Per-class accuracy", "accuracy"
-    if final.get("per_class_ap"):
-        return rows, [(k, _fmt(v)) for k, v in final["per_class_ap"].items()], "Per-class average precision", "AP"
+    for key, title, metric in (("per_class_accuracy", "Per-class accuracy", "accuracy"),
+                               ("per_class_ap", "Per-class average precision", "AP")):
+        if final.get(key):
+            # A "|" in a class name would end its table cell.
+            return rows, [(k.replace("|", "\\|"), _fmt(v)) for k, v in final[key].items()], title, metric
     return rows, [], "", ""
 
 
@@ -286,7 +290,7 @@ def render_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = No
     return _render(_read_run(output_dir), data, repo_id)
 
 
-def _render(run: _Run, data, repo_id: str | None) -> str:
+def _render(run: _Run, data: ModelCardData, repo_id: str | None) -> str:
     from huggingface_hub import ModelCard
 
     from hubft.hub._card_template import MODEL_CARD_TEMPLATE
@@ -315,7 +319,7 @@ def _render(run: _Run, data, repo_id: str | None) -> str:
     return re.sub(r"\n{3,}", "\n\n", str(card))
 
 
-def validate_model_card(text: str, expected=None) -> None:
+def validate_model_card(text: str, expected: ModelCardData | None = None) -> None:
     """Parse a card back the way the Hub does, without any network call, and check what it must carry.
 
     Args:

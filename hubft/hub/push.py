@@ -1,81 +1,45 @@
 """Push a finished run to a Hub in one commit, and pull one back.
 
-Only an allowlist of files is uploaded (weights, timm config, card, training config, metrics, plots); checkpoints,
-logs and anything else in the folder stay local. The commit names its parent, so a retry after a dropped connection
-can never create a second commit: the server refuses a stale parent, and hubft then checks whether the first attempt
-landed.
+Only an allowlist of files is uploaded (weights, timm config, card, training config, metrics, plots): checkpoints,
+logs, a stray ``.env`` and anything else in the folder stay local. The files are staged in a temporary directory
+(hard links, plus the card rendered for the real repo id and validated there), so the run directory itself is
+never changed, whether the push succeeds or not.
+
+Why a retried push makes exactly one commit: every attempt reads the branch head and commits with it as
+``parent_commit``. huggingface_hub leaves out of a commit the files the head already holds, so an attempt that
+follows a commit whose answer was lost finds its own files there and commits nothing; the parent makes that
+comparison safe against someone else pushing meanwhile (the server answers 412 and the attempt is redone from the
+new head). Pull requests are not compared against the branch, so before retrying with ``create_pr`` hubft looks
+for a pull request an earlier attempt opened with the same files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubft.errors import HubError, WeightsError
+from hubft.hub._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
 from hubft.hub.card import PLOTS, write_model_card
 from hubft.hub.repo_id import check_repo_id
 
-__all__ = ["push_to_hub", "pull_from_hub", "UPLOAD_ALLOWLIST"]
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
-UPLOAD_ALLOWLIST = ("model.safetensors", "config.json", "README.md", "config.yaml", "metrics.json",
-                    "lr_curve.csv", *PLOTS)
+__all__ = ["push_to_hub", "pull_from_hub", "UPLOAD_ALLOWLIST", "RetryPolicy"]
 
-_RETRIES = 4
+logger = logging.getLogger(__name__)
 
+UPLOAD_ALLOWLIST = ("model.safetensors", "config.json", "README.md", "config.yaml", "metrics.json", *PLOTS)
+"""The only files :func:`push_to_hub` uploads (those present), and :func:`pull_from_hub` downloads."""
 
-def _check_finite_weights(path: Path) -> None:
-    from safetensors import safe_open
-
-    import torch
-
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            t = f.get_tensor(key)
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise WeightsError(f"{path} holds non-finite values (NaN/inf) in {key!r}; refusing to push them",
-                                   fix="resume from an earlier checkpoint with a lower LR, then push")
-
-
-def _git_blob_sha(path: Path) -> str:
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _remote_matches(api, repo_id: str, revision: str | None, staging: Path, token) -> bool:
-    """Whether the remote revision already holds exactly the staged files (a commit that landed before a drop)."""
-    try:
-        infos = {i.path: i for i in api.get_paths_info(repo_id, [p.name for p in staging.iterdir()],
-                                                       revision=revision, token=token)}
-    except Exception:
-        return False
-    for p in staging.iterdir():
-        info = infos.get(p.name)
-        if info is None:
-            return False
-        lfs = getattr(info, "lfs", None)
-        if lfs is not None:
-            if lfs.sha256 != hashlib.sha256(p.read_bytes()).hexdigest():
-                return False
-        elif info.blob_id != _git_blob_sha(p):
-            return False
-    return True
-
-
-def _hub_error(e: Exception, output_dir: Path, repo_id: str) -> HubError:
-    from huggingface_hub import constants
-
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    what = f"HTTP {status}" if status else type(e).__name__
-    reason = str(e).splitlines()[0][:200] if str(e) else what
-    return HubError(
-        f"pushing to {repo_id!r} at {constants.ENDPOINT} failed ({what}: {reason}); the output directory "
-        f"{str(output_dir)!r} is intact",
-        fix=f"check the Hub and your token (HF_TOKEN or `hf auth login`), then run `hubft push {output_dir} {repo_id}`",
-    )
+_REQUIRED = ("model.safetensors", "config.json")
+_DEFAULT_MESSAGE = "Upload fine-tuned model with hubft"
 
 
 def push_to_hub(
@@ -87,115 +51,267 @@ def push_to_hub(
     create_pr: bool = False,
     commit_message: str | None = None,
     token: str | bool | None = None,
+    retry: RetryPolicy | None = None,
 ) -> str:
-    """Upload a run directory to ``repo_id`` as one commit and return the commit URL.
+    """Upload a run directory to ``repo_id`` as one commit and return the commit (or pull request) URL.
 
-    The model card is rendered again with the real repo id. The repo (and the ``revision`` branch) is created if
-    missing. Transient errors (429, 5xx, dropped connections) are retried with backoff, honouring ``Retry-After``.
+    The files of :data:`UPLOAD_ALLOWLIST` present in ``output_dir`` are uploaded, with the model card rendered
+    again for ``repo_id`` and validated before anything is sent. The repo is created if missing (``private``
+    applies only then), and so is the ``revision`` branch (from ``main``). Transient failures (429, 5xx, a dropped
+    connection, a timeout) are retried: by huggingface_hub inside uploads and downloads, by hubft around every other
+    step, both honouring ``Retry-After``. A push of files the branch already holds makes no commit and returns the
+    head's URL, so pushing again after a failure is always safe.
 
     Args:
         output_dir: A directory written by :func:`hubft.finetune` or :func:`hubft.save_pretrained`.
-        repo_id: ``owner/name`` (or ``name`` in the token's namespace).
-        private: Create the repo private (only applies when it is created).
-        revision: Branch to commit to (default: ``main``).
+        repo_id: ``owner/name``, or ``name`` in the token owner's namespace.
+        private: Create the repo private.
+        revision: Branch to commit to (default: ``main``); with ``create_pr``, the branch the pull request targets.
         create_pr: Open a pull request instead of committing to the branch.
-        commit_message: Defaults to "Upload fine-tuned model with hubft".
-        token: A Hub token; default: ``HF_TOKEN`` or the stored login. Never written anywhere.
+        commit_message: Default: "Upload fine-tuned model with hubft".
+        token: A Hub token; default: ``HF_TOKEN`` or the stored login. Never written or logged anywhere.
+        retry: How failing steps are retried; default :data:`hubft.hub._retry.DEFAULT_RETRY` (5 retries,
+            1-8 s apart, as huggingface_hub's ``http_backoff``).
+
+    Returns:
+        The URL of the commit, or of the pull request with ``create_pr``.
 
     Raises:
-        HubError: Bad repo id, missing files, or the Hub failing / refusing; the local directory is never changed
-            except for its README.md.
+        ConfigError: ``repo_id`` breaks the Hub's rules (before anything else happens).
+        HubError: ``output_dir`` lacks the model files; a staged file contains the token; the Hub stays
+            unreachable or keeps failing after the retries, or refuses the push (401, 403, 404, ...). The message
+            says which, and that the run directory is intact; ``hubft push`` can be run again.
         WeightsError: The weights contain NaN or inf.
+
+    Examples:
+        >>> push_to_hub("runs/pets", "me/pets-resnet18", private=True)  # doctest: +SKIP
+        'https://huggingface.co/me/pets-resnet18/commit/0a1b2c...'
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     check_repo_id(repo_id)
     out = Path(output_dir)
-    for required in ("model.safetensors", "config.json"):
+    for required in _REQUIRED:
         if not (out / required).is_file():
-            raise HubError(f"{str(out / required)!r} is missing; nothing to push",
-                           fix="point `hubft push` at a finished run directory (it holds model.safetensors)")
+            raise HubError(f"{str(out / required)!r} is missing; there is no model to push",
+                           fix="point `hubft push` at a finished run directory (it holds model.safetensors and "
+                               "config.json)")
     _check_finite_weights(out / "model.safetensors")
-    write_model_card(out, repo_id=repo_id)
-
-    api = HfApi()
+    policy = retry or DEFAULT_RETRY
+    api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="hubft-push-") as tmp:
         staging = Path(tmp)
-        for name in UPLOAD_ALLOWLIST:
-            src = out / name
-            if src.is_file():
-                try:
-                    os.link(src, staging / name)
-                except OSError:
-                    shutil.copy2(src, staging / name)
-        message = commit_message or "Upload fine-tuned model with hubft"
-        last: Exception | None = None
-        for attempt in range(_RETRIES + 1):
-            try:
-                repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-                full_id = repo_url.repo_id
-                if revision and not create_pr:
-                    api.create_branch(full_id, branch=revision, exist_ok=True, token=token)
-                head = api.repo_info(full_id, revision=revision, token=token).sha
-                info = api.upload_folder(folder_path=str(staging), repo_id=full_id, revision=revision,
-                                         commit_message=message, create_pr=create_pr, parent_commit=head, token=token)
-                return info.commit_url if hasattr(info, "commit_url") else str(info)
-            except HfHubHTTPError as e:
-                status = getattr(e.response, "status_code", None)
-                if status == 412 and attempt and _remote_matches(api, repo_id, revision, staging, token):
-                    return f"{repo_id}@{revision or 'main'}"  # the previous attempt's commit landed
-                if status not in (408, 412, 429, 500, 502, 503, 504):
-                    raise _hub_error(e, out, repo_id) from None
-                last = e
-                delay = _retry_after(e) or min(8.0, 2.0 ** attempt)
-            except (OSError, ConnectionError) as e:
-                last, delay = e, min(8.0, 2.0 ** attempt)
-            except Exception as e:  # httpx transport errors and the like
-                if "Connect" not in type(e).__name__ and "Timeout" not in type(e).__name__ \
-                        and "Protocol" not in type(e).__name__:
-                    raise
-                last, delay = e, min(8.0, 2.0 ** attempt)
-            if attempt < _RETRIES:
-                time.sleep(delay)
-        raise _hub_error(last, out, repo_id)
+        _stage(out, staging, repo_id, token)
+        _refuse_token_in(staging, token)
+        try:
+            full_id = call_with_retry(lambda: _full_repo_id(api, repo_id), policy, what="resolving the repo owner")
+            if full_id != repo_id:
+                write_model_card(out, repo_id=full_id, token=token, path=staging / "README.md")
+            return _commit(api, staging, full_id, private=private, revision=revision, create_pr=create_pr,
+                           message=commit_message or _DEFAULT_MESSAGE, policy=policy)
+        except HfHubHTTPError as e:
+            raise _push_error(e, out, repo_id, policy) from None
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            raise _push_error(e, out, repo_id, policy) from None
 
 
-def _retry_after(e: Exception) -> float | None:
-    value = getattr(getattr(e, "response", None), "headers", {}).get("Retry-After")
+def _full_repo_id(api: HfApi, repo_id: str) -> str:
+    if "/" in repo_id:
+        return repo_id
+    return f"{api.whoami()['name']}/{repo_id}"
+
+
+def _commit(api: HfApi, staging: Path, repo_id: str, *, private: bool | None, revision: str | None, create_pr: bool,
+            message: str, policy: RetryPolicy) -> str:
+    """Create the repo / branch and make the commit, each step retried; returns the commit or PR URL."""
+    call_with_retry(lambda: api.create_repo(repo_id, private=private, exist_ok=True), policy, what="creating the repo")
+    if revision and not create_pr:
+        call_with_retry(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True), policy,
+                        what=f"creating branch {revision!r}")
+    prs_before = call_with_retry(lambda: _pull_requests(api, repo_id), policy, what="listing pull requests") \
+        if create_pr else set()
+    attempts = 0
+
+    def attempt() -> str:
+        nonlocal attempts
+        attempts += 1
+        if create_pr and attempts > 1:
+            landed = _landed_pull_request(api, repo_id, staging, prs_before)
+            if landed is not None:
+                return landed
+        head = api.repo_info(repo_id, revision=revision).sha
+        info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, revision=revision,
+                                 commit_message=message, create_pr=create_pr, parent_commit=head)
+        return (info.pr_url if create_pr else None) or info.commit_url
+
+    return call_with_retry(attempt, policy, what=f"committing to {repo_id!r}")
+
+
+def _pull_requests(api: HfApi, repo_id: str) -> set[str]:
+    refs = api.list_repo_refs(repo_id, include_pull_requests=True)
+    return {r.ref for r in refs.pull_requests or []}
+
+
+def _landed_pull_request(api: HfApi, repo_id: str, staging: Path, before: set[str]) -> str | None:
+    """The URL of a pull request opened since ``before`` whose files are exactly the staged ones, if any."""
+    from huggingface_hub import constants
+
+    for ref in sorted(_pull_requests(api, repo_id) - before):
+        if _remote_matches(api, repo_id, ref, staging):
+            return f"{constants.ENDPOINT}/{repo_id}/discussions/{ref.rsplit('/', 1)[-1]}"
+    return None
+
+
+def _git_blob_sha(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remote_matches(api: HfApi, repo_id: str, revision: str, staging: Path) -> bool:
+    """Whether ``revision`` holds every staged file with the same content."""
+    names = sorted(p.name for p in staging.iterdir())
+    infos = {i.path: i for i in api.get_paths_info(repo_id, names, revision=revision)}
+    for name in names:
+        info = infos.get(name)
+        if info is None:
+            return False
+        lfs = getattr(info, "lfs", None)
+        same = lfs.sha256 == _sha256(staging / name) if lfs else info.blob_id == _git_blob_sha(staging / name)
+        if not same:
+            return False
+    return True
+
+
+def _stage(out: Path, staging: Path, repo_id: str, token: str | bool | None) -> None:
+    """Link the allowlisted files into ``staging`` and write the card for ``repo_id`` there (validated)."""
+    for name in UPLOAD_ALLOWLIST:
+        src = out / name
+        if name == "README.md" or not src.is_file():
+            continue
+        try:
+            os.link(src, staging / name)
+        except OSError:  # another filesystem, or links not supported
+            shutil.copy2(src, staging / name)
+    write_model_card(out, repo_id=repo_id, token=token, path=staging / "README.md")
+
+
+def _refuse_token_in(staging: Path, token: str | bool | None) -> None:
+    """Refuse to upload a file that contains the token the push authenticates with."""
+    from huggingface_hub.utils import get_token_to_send
+
+    secret = get_token_to_send(token)
+    if not secret or len(secret) < 8:
+        return
+    needle = secret.encode()
+    for path in sorted(staging.iterdir()):
+        tail = b""
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                if needle in tail + chunk:
+                    raise HubError(f"{path.name} contains the Hub token this push uses; refusing to upload it",
+                                   fix=f"remove the token from {path.name} (and revoke it if it was shared)")
+                tail = chunk[-len(needle):]
+
+
+def _check_finite_weights(path: Path) -> None:
+    import torch
+    from safetensors import safe_open
+
     try:
-        return min(30.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise WeightsError(f"{str(path)!r} holds non-finite values (NaN/inf) in {key!r}; refusing to "
+                                       "push them", fix="resume from an earlier checkpoint with a lower LR, then push")
+    except WeightsError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
+        raise WeightsError(f"{str(path)!r} is not a readable safetensors file ({' '.join(str(e).split())[:200]})",
+                           fix="save the model again with hubft.save_pretrained") from None
+
+
+def _push_error(error: Exception, out: Path, repo_id: str, policy: RetryPolicy) -> HubError:
+    from huggingface_hub import constants
+
+    status = status_of(error)
+    intact = f"the run directory {str(out)!r} is unchanged"
+    again = f"`hubft push {out} {repo_id}` (safe to repeat: files the repo already holds are not committed again)"
+    first_line = " ".join(str(error).split())[:200]
+    if status is None:
+        return HubError(f"the Hub at {constants.ENDPOINT} is unreachable ({type(error).__name__}: {first_line}) "
+                        f"after {policy.max_retries + 1} attempts; {intact}",
+                        fix=f"check the network and HF_ENDPOINT, then run {again} when the Hub is back")
+    if is_transient(error):
+        return HubError(f"the Hub at {constants.ENDPOINT} kept failing (HTTP {status}) after "
+                        f"{policy.max_retries + 1} attempts; {intact}", fix=f"run {again} later")
+    if status in (401, 403):
+        return HubError(f"the Hub refused to push to {repo_id!r} (HTTP {status}: not authorised); {intact}",
+                        fix="log in with a token that may write there (`hf auth login` or HF_TOKEN), then run "
+                            f"{again}")
+    if status == 404:
+        return HubError(f"the Hub found no repo or revision for {repo_id!r} (HTTP 404); {intact}",
+                        fix="check the repo id, the revision, and that the token may see the repo")
+    return HubError(f"the Hub refused the push to {repo_id!r} (HTTP {status}: {first_line}); {intact}",
+                    fix=f"fix the cause above, then run {again}")
 
 
 def pull_from_hub(repo_id: str, output_dir: str | os.PathLike | None = None, *, revision: str | None = None,
                   token: str | bool | None = None) -> Path:
-    """Download a model repo (weights, config, card, metrics, plots) and return the local directory.
+    """Download a model repo's files (those of :data:`UPLOAD_ALLOWLIST`) and return the local directory.
+
+    Works offline (``HF_HUB_OFFLINE=1``) for a repo already in the Hub cache.
 
     Args:
         repo_id: ``owner/name``.
-        output_dir: Where to put the files; default: the huggingface_hub cache snapshot.
+        output_dir: Where to put the files; default: the huggingface_hub cache snapshot (returned).
         revision: Branch, tag or commit sha.
         token: A Hub token for private repos.
 
     Raises:
-        HubError: Repo or revision not found, or the Hub unreachable.
+        ConfigError: ``repo_id`` breaks the Hub's rules.
+        HubError: The repo or revision does not exist or is not visible to the token, the Hub is unreachable and
+            nothing is cached, or the repo holds no ``model.safetensors``.
+
+    Examples:
+        >>> pull_from_hub("me/pets-resnet18", "models/pets")  # doctest: +SKIP
+        PosixPath('models/pets')
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    from hubft.data import disable_datasets_extra_hosts
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     check_repo_id(repo_id)
-    disable_datasets_extra_hosts()
+    where = repr(repo_id) + (f" at revision {revision!r}" if revision else "")
     try:
-        path = snapshot_download(repo_id, revision=revision, local_dir=output_dir, token=token,
-                                 allow_patterns=list(UPLOAD_ALLOWLIST))
-    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise HubError(f"{repo_id!r}{'@' + revision if revision else ''} was not found on the Hub ({type(e).__name__})",
-                       fix="check the repo id and revision; a private repo needs HF_TOKEN") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise HubError(f"could not download {repo_id!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                       fix="check the Hub endpoint (HF_ENDPOINT) and your connection") from None
-    return Path(path)
+        path = Path(snapshot_download(repo_id, revision=revision, local_dir=output_dir, token=token,
+                                      allow_patterns=list(UPLOAD_ALLOWLIST)))
+    except RevisionNotFoundError:
+        raise HubError(f"{where}: the revision does not exist", fix="use an existing branch, tag or sha") from None
+    except RepositoryNotFoundError:
+        raise HubError(f"{where} was not found on the Hub, or it is private and this request is not authorised",
+                       fix="check the repo id; a private repo needs HF_TOKEN or `hf auth login`") from None
+    except LocalEntryNotFoundError:
+        raise HubError(f"{where} could not be downloaded: the Hub is unreachable (or HF_HUB_OFFLINE=1) and it is not "
+                       "in the local cache", fix="connect to the Hub (check HF_ENDPOINT) and pull again") from None
+    except HfHubHTTPError as e:
+        raise HubError(f"downloading {where} failed (HTTP {status_of(e)})", fix="retry later") from None
+    if not (path / "model.safetensors").is_file():
+        raise HubError(f"{where} holds no model.safetensors, so it is not a model hubft or timm pushed",
+                       fix="pull a repo written by `hubft push` or timm's push_to_hf_hub")
+    return path

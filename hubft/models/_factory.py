@@ -145,7 +145,8 @@ def from_pretrained(source: str | os.PathLike[str], *, revision: str | None = No
     """Load a saved model as it was: :func:`create_model` with ``pretrained=True``, keeping the saved head.
 
     The head and label names are kept unless ``kwargs`` ask for other labels (``num_classes`` /
-    ``label_names``), exactly as in :func:`create_model`.
+    ``label_names``), exactly as in :func:`create_model`. Besides every source :func:`create_model` takes, a bare
+    ``"owner/name"`` that is not an existing local path means that Hub repo.
 
     Raises:
         ConfigError: ``pretrained`` was given (it is always True here); otherwise as :func:`create_model`.
@@ -156,7 +157,24 @@ def from_pretrained(source: str | os.PathLike[str], *, revision: str | None = No
     if "pretrained" in kwargs:
         raise ConfigError("from_pretrained always loads the weights and takes no pretrained=",
                           fix="drop pretrained=, or use create_model(..., pretrained=False)")
+    if isinstance(source, str) and _is_bare_hub_id(source):
+        # Loading a shared model by its repo id is what from_pretrained is for (as in huggingface_hub's mixins);
+        # create_model keeps refusing the ambiguous form because there a typo in a path would hit the network.
+        source = f"hf-hub:{source}"
     return create_model(source, revision=revision, pretrained=True, **kwargs)
+
+
+def _is_bare_hub_id(source: str) -> bool:
+    """``owner/name`` without a prefix that names no existing local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if ":" in source or source.count("/") != 1 or os.path.exists(os.path.expanduser(source)):
+        return False
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _same_labels(source_classes: int, source_names: tuple[str, ...] | None,

@@ -1,0 +1,98 @@
+"""Getting models back: pull_from_hub / `hubft pull`, from_pretrained at a revision, and starting a fine-tune from
+repos that hubft or timm pushed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hubft
+from hubft.errors import HubError
+from hubft.hub.push import pull_from_hub, push_to_hub
+
+
+def _saved(tmp_path, name, labels):
+    model = hubft.create_model("test_resnet", label_names=labels, pretrained=False).eval()
+    return model, hubft.save_pretrained(model, tmp_path / name)
+
+
+def test_pull_gets_the_pushed_files_and_revisions_pin_them(hub, api, repo_id, tmp_path):
+    from hubft.cli import main
+
+    first, first_dir = _saved(tmp_path, "first", ["a", "b"])
+    push_to_hub(first_dir, repo_id, token=hub.token)
+    first_sha = api.model_info(repo_id).sha
+    _, second_dir = _saved(tmp_path, "second", ["a", "b", "c"])
+    push_to_hub(second_dir, repo_id, token=hub.token)
+
+    pulled = pull_from_hub(repo_id, tmp_path / "pulled")
+    # Only the allowlisted files (a saved model has no metrics or plots); not .gitattributes.
+    assert sorted(p.name for p in pulled.iterdir() if p.name != ".cache") == ["README.md", "config.json",
+                                                                             "model.safetensors"]
+    assert (pulled / "model.safetensors").read_bytes() == (second_dir / "model.safetensors").read_bytes()
+
+    assert main(["pull", repo_id, "-o", str(tmp_path / "old"), "--revision", first_sha]) == 0
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["label_names"] == ["a", "b"]
+
+    old = hubft.from_pretrained(f"hf-hub:{repo_id}", revision=first_sha).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(old(x), first(x))
+    assert old.label_names == ["a", "b"] and old.hubft_source["revision"] == first_sha
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing repo", "not found"),
+    ("missing revision", "revision"),
+    ("no weights", "no model.safetensors"),
+])
+def test_pull_errors_say_what_is_wrong(hub, api, repo_id, tmp_path, case, message):
+    revision = None
+    if case != "missing repo":
+        api.create_repo(repo_id)
+        api.upload_file(path_or_fileobj=b"# notes\n", path_in_repo="README.md", repo_id=repo_id)
+        revision = "no-such-branch" if case == "missing revision" else None
+    with pytest.raises(HubError, match=message):
+        pull_from_hub(repo_id, tmp_path / "pulled", revision=revision)
+
+
+def test_fine_tuning_can_start_from_a_repo_timm_pushed(hub, repo_id):
+    import timm
+    from timm.models import push_to_hf_hub
+
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
+    push_to_hf_hub(source, repo_id, token=hub.token, model_config={"label_names": ["cat", "dog", "fox"]})
+
+    kept = hubft.from_pretrained(f"hf-hub:{repo_id}").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(kept(x), source(x))
+    assert kept.label_names == ["cat", "dog", "fox"]
+
+    new = hubft.create_model(f"hf-hub:{repo_id}", label_names=["x", "y"])
+    assert new.num_classes == 2 and new.hubft_source["head_reset"]
+    body = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(new.state_dict()[k], v) for k, v in body.items())
+
+
+def test_from_pretrained_takes_a_bare_repo_id(hub, repo_id, tmp_path, monkeypatch):
+    import torch
+
+    import hubft
+
+    model = hubft.create_model("test_resnet", label_names=["a", "b"], pretrained=False)
+    hubft.save_pretrained(model, tmp_path / "m")
+    hubft.push_to_hub(tmp_path / "m", repo_id, token=hub.token)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hubft.from_pretrained(repo_id).eval()(x), hubft.from_pretrained(f"hf-hub:{repo_id}").eval()(x))
+    # An existing local folder of that name wins over the Hub.
+    monkeypatch.chdir(tmp_path)
+    owner, name = repo_id.split("/")
+    hubft.save_pretrained(hubft.create_model("test_resnet", label_names=["x", "y", "z"], pretrained=False),
+                          tmp_path / owner / name)
+    assert hubft.from_pretrained(repo_id).label_names == ["x", "y", "z"]
