@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform, resolve_data_config
 from timm.data.transforms import MaybeToTensor, str_to_pil_interp
 
@@ -66,11 +67,12 @@ class ImageTransform:
     def __init__(self, timm_kwargs: dict[str, Any], data_config: dict[str, Any], training: bool) -> None:
         self.data_config = data_config
         self.training = training
-        self.transform = create_transform(**timm_kwargs)
+        self.transform = _posterize_to_black(create_transform(**timm_kwargs))
         if training:
             # separate=True splits timm's train pipeline into geometry / colour / tensor stages, which lets the
             # cached path run the first two on uint8 tensors instead of decoded PIL images
             self._primary, self._secondary, self._final = create_transform(**timm_kwargs, separate=True)
+            _posterize_to_black(self._secondary)
             self._secondary_needs_pil = bool(timm_kwargs.get("auto_augment"))
         else:
             steps = list(self.transform.transforms)
@@ -123,6 +125,32 @@ class ImageTransform:
         else:
             pixels = self._secondary(pixels)
         return self._final(pixels.to(torch.float32).div(255)).contiguous()
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    if bits_to_keep <= 0:
+        # Keeping 0 bits is a black image (the TF reference's behaviour). Pillow 13 refuses bits=0, which timm's
+        # policies ask for at an extreme magnitude (PosterizeIncreasing at m10, reached by rand-m9-mstd0.5-inc1;
+        # Posterize at m0 in the v0 policy): without this a run would crash at a random image.
+        return Image.new(img.mode, img.size)
+    return timm_auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def _posterize_to_black(transform: Any) -> Any:
+    """Route the posterize ops of timm's auto-augment policies inside ``transform`` through :func:`_posterize`."""
+    stack = [transform]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, timm_auto_augment.AugmentOp):
+            if item.aug_fn is timm_auto_augment.posterize:
+                item.aug_fn = _posterize
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            # Compose keeps `transforms`; RandAugment and AugMix keep `ops`; AutoAugment keeps `policy`.
+            for name in ("transforms", "ops", "policy"):
+                stack.extend(getattr(item, name, None) or ())
+    return transform
 
 
 def _pretrained_cfg(source: Mapping[str, Any] | torch.nn.Module) -> dict[str, Any]:
