@@ -37,6 +37,7 @@ _LAZY = {
     "hubft.train.finetune": ("finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE"),
     "hubft.train.lr_preview": ("lr_curve_for_config",),
     "hubft.hub.push": ("push_to_hub", "pull_from_hub"),
+    "hubft.hub.checkpoints": ("CheckpointPusher", "download_checkpoint"),
     "hubft.cli": ("parse_finetune_args",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
@@ -67,5 +68,5 @@ __all__ = [
     "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve", "lr_curve_for_config",
     "load_data", "create_transforms",
     "finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE",
-    "push_to_hub", "pull_from_hub",
+    "push_to_hub", "pull_from_hub", "CheckpointPusher", "download_checkpoint",
 ]

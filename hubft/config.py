@@ -93,7 +93,8 @@ class DataConfig:
 @dataclass
 class LossConfig:
     name: Union[str, dict, list] = _f(
-        "cross_entropy", "Loss: a registered name, 'module:attr', or a weighted mapping {name: weight}."
+        "cross_entropy",
+        "Loss: a registered name, 'module:attr', or a weighted mix {name: weight | {weight: w, option: value}}.",
     )
     options: dict = _f({}, "Keyword arguments for the loss, e.g. {gamma: 2.0}.")
 
@@ -131,7 +132,9 @@ class TrainConfig:
     output_dir: str = _f("outputs/run", "Where the model, logs, metrics and checkpoints go.")
     checkpoint_every: Optional[int] = _f(None, "Write a checkpoint every N optimizer updates (and each epoch end).")
     keep_checkpoints: int = _f(2, "Keep the last K complete checkpoints (never fewer than one).")
-    resume: Optional[str] = _f(None, "Resume from 'latest' or a checkpoint directory.")
+    resume: Optional[str] = _f(
+        None, "Resume from 'latest', a checkpoint directory, or 'hub:owner/name[@branch]' (pushed checkpoints)."
+    )
     ema: bool = _f(False, "Keep an exponential moving average of the weights.")
     ema_decay: float = _f(0.999, "EMA decay per optimizer update.")
     save_ema: bool = _f(False, "Save the EMA weights as the final model instead of the raw ones.")
