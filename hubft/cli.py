@@ -5,8 +5,9 @@ flag of ``finetune`` / ``plot-lr`` / ``config`` is generated from :class:`hubft.
 fields cannot drift apart.
 
 Exit codes: 0 success; 1 an unexpected internal error; 2 bad input (config, data, model, Hub, checkpoint: a
-one-line cause and fix); 3 training stopped (e.g. a non-finite loss); 75 preempted by SIGTERM after writing a
-checkpoint (resume with ``--train.resume latest``); 130 interrupted. ``--debug`` shows tracebacks.
+one-line cause and fix); 3 training stopped (a non-finite loss, a full disk: the checkpoints written so far are
+intact); 75 preempted by SIGTERM after writing a checkpoint (resume with ``--train.resume latest``); 130
+interrupted. ``--debug`` shows tracebacks. The README's "Error messages" table lists the messages.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def parse_finetune_args(argv: Sequence[str] | None = None) -> FinetuneConfig:
     Raises:
         HubftError: An unknown flag or key, a badly typed value, or an unreadable config file.
     """
-    parser = argparse.ArgumentParser(prog="finetune", description="Fine-tune a backbone (see hubft.FinetuneConfig).")
+    # No abbreviations: `--train.epoch` must be refused as a typo, not taken for `--train.epochs`.
+    parser = argparse.ArgumentParser(prog="finetune", description="Fine-tune a backbone (see hubft.FinetuneConfig).",
+                                     allow_abbrev=False)
     add_config_flags(parser)
     parser.add_argument("--debug", action="store_true", help="Show tracebacks.")
     ns = _strict_parse(parser, argv)
@@ -99,7 +102,7 @@ def _cmd_plot_lr(args: argparse.Namespace, rest: list[str]) -> int:
         plot_all_schedules(args.output)
         print(f"hubft: wrote {args.output}")
         return 0
-    sub = argparse.ArgumentParser(prog="hubft plot-lr")
+    sub = argparse.ArgumentParser(prog="hubft plot-lr", allow_abbrev=False)
     add_config_flags(sub)
     ns = _strict_parse(sub, rest)
     config = load_config(ns.config, _overrides(ns))
@@ -111,7 +114,7 @@ def _cmd_plot_lr(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
     import yaml
 
-    sub = argparse.ArgumentParser(prog="hubft config")
+    sub = argparse.ArgumentParser(prog="hubft config", allow_abbrev=False)
     add_config_flags(sub)
     ns = _strict_parse(sub, rest)
     print(yaml.safe_dump(config_to_dict(load_config(ns.config, _overrides(ns))), sort_keys=False), end="")
@@ -185,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HubftError as e:
         if debug:
             traceback.print_exc()
-        print(f"hubft: error: {e}", file=sys.stderr)
+        print(f"hubft: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("hubft: interrupted", file=sys.stderr)
@@ -198,6 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hubft: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
+
+
+def _one_line(error: HubftError) -> str:
+    """The error as one line; one raised in a DataLoader worker arrives re-raised with the worker's traceback."""
+    text = str(error)
+    if "\n" not in text:
+        return text
+    # The worker's traceback ends with "hubft.errors.DataError: <message and fix>".
+    for line in reversed(text.splitlines()):
+        if line.startswith("hubft.errors.") and ": " in line:
+            return line.split(": ", 1)[1]
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

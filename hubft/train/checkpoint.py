@@ -7,11 +7,18 @@ leaves either the previous checkpoints or a temporary directory that is ignored 
 safetensors has no checksum of its own, so the manifest is what detects a flipped byte or a truncated file.
 
 Old checkpoints are pruned only *after* a new one is complete (Accelerate's own ``total_limit`` deletes first), and
-the newest complete checkpoint is never deleted.
+the newest complete checkpoint is never deleted. Rewriting a checkpoint of the same step (a run resumed from a
+checkpoint written by a SIGTERM at the last update of an epoch writes that step again with the epoch closed) moves
+the old one aside before the new one takes its name, so there is no moment without a complete copy;
+:func:`recover_interrupted_checkpoints` finishes such a move, or a rename, that a crash interrupted.
+
+A failed write (disk full, permissions) removes its temporary directory and raises :class:`TrainingError` saying
+which checkpoint is still the latest complete one.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hubft.errors import CheckpointError
+from hubft.errors import CheckpointError, TrainingError
 from hubft.faults import fault_point
 
 __all__ = [
@@ -33,7 +40,10 @@ __all__ = [
     "verify_checkpoint",
     "list_checkpoints",
     "find_latest_checkpoint",
+    "recover_interrupted_checkpoints",
     "prune_checkpoints",
+    "interrupted_run",
+    "remove_checkpoints",
     "atomic_write_text",
 ]
 
@@ -42,6 +52,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
+# A temporary directory's step: ``.tmp-step-N`` (being written) or ``.tmp-replaced-step-N-<id>`` (moved aside).
+_TMP_NAME = re.compile(r"^\.tmp-(?:replaced-)?step-(\d+)(?:-[0-9a-f]+)?$")
 
 
 @dataclass(frozen=True)
@@ -108,8 +120,8 @@ def write_checkpoint(
         The final checkpoint directory.
 
     Raises:
-        OSError: Writing failed (e.g. disk full); the temporary directory is removed and older checkpoints are
-            untouched.
+        TrainingError: Writing failed with an ``OSError`` (disk full, permissions); the temporary directory is
+            removed, older checkpoints are untouched, and the message names the latest complete one.
     """
     root = Path(root)
     final = root / f"step-{step:08d}"
@@ -120,6 +132,7 @@ def write_checkpoint(
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
+            fault_point("checkpoint_start")
         wait()
         write_files(tmp)
         wait()
@@ -133,19 +146,45 @@ def write_checkpoint(
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
             _fsync_dir(tmp)
             fault_point("checkpoint_before_rename")
-            if final.exists():
-                # A checkpoint of the same step exists (a resumed run writing it again): replace it only now that
-                # the new one is complete.
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(root)
+            _publish(tmp, final)
             fault_point("checkpoint_after_rename")
         wait()
+    except OSError as e:
+        if is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, root, final.name) from None
     except BaseException:
         if is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` to ``final``; an existing ``final`` is moved aside first, deleted only after."""
+    old = None
+    if final.exists():
+        old = final.with_name(f"{_TMP_PREFIX}replaced-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        fault_point("checkpoint_replacing")
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_error(error: OSError, root: Path, name: str) -> TrainingError:
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    cause = "the disk is full" if full else (error.strerror or type(error).__name__)
+    complete = [c.path.name for c in list_checkpoints(root) if (c.path / MANIFEST).is_file()]
+    kept = f"the latest complete checkpoint is {complete[-1]}" if complete else "there is no earlier checkpoint"
+    fix = ("free disk space (or lower train.keep_checkpoints), then" if full
+           else f"make {str(root)!r} writable, then")
+    return TrainingError(
+        f"could not write checkpoint {name} in {str(root)!r}: {cause} ({error.strerror or error}); its temporary "
+        f"files were removed and {kept}",
+        fix=f"{fix} resume with --train.resume latest",
+    )
 
 
 def verify_checkpoint(path: str | os.PathLike) -> None:
@@ -196,17 +235,53 @@ def list_checkpoints(root: str | os.PathLike) -> list[CheckpointInfo]:
     return sorted(found, key=lambda c: c.step)
 
 
-def find_latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The newest checkpoint that verifies; logs why each newer one was skipped. None if there is none."""
+def find_latest_checkpoint(root: str | os.PathLike, report: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint that verifies, or None if there is none.
+
+    Every newer checkpoint that fails verification is skipped with a line through ``report`` naming it and the
+    file at fault; so are leftover temporary directories (writes a crash interrupted).
+    """
+    root = Path(root)
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.name.startswith(_TMP_PREFIX):
+                report(f"hubft: ignoring {p.name}: a checkpoint write that was interrupted before it completed")
     for info in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(info.path)
         except CheckpointError as e:
             logger.warning("skipping checkpoint %s: %s", info.path.name, e)
-            print(f"hubft: skipping checkpoint {info.path.name}: {e}", flush=True)
+            report(f"hubft: skipping checkpoint {info.path.name}: {e}")
             continue
         return info.path
     return None
+
+
+def recover_interrupted_checkpoints(root: str | os.PathLike, report: Callable[[str], None] = print) -> None:
+    """Finish the renames a crash interrupted: a complete temporary checkpoint whose step has no directory.
+
+    A temporary directory whose manifest verifies holds a complete checkpoint (the manifest is written last): a
+    kill between the manifest and the rename, or between moving an old copy aside and renaming the new one, leaves
+    one. Call it on the main process only, before :func:`find_latest_checkpoint`. Anything else is left alone
+    (and pruned by the next save).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for p in sorted(root.iterdir(), key=lambda q: (not q.name.startswith(f"{_TMP_PREFIX}step-"), q.name)):
+        m = _TMP_NAME.match(p.name)
+        if not m or not p.is_dir() or not (p / MANIFEST).is_file():
+            continue
+        final = root / f"step-{int(m.group(1)):08d}"
+        if final.exists():
+            continue
+        try:
+            verify_checkpoint(p)
+        except CheckpointError:
+            continue
+        os.replace(p, final)
+        _fsync_dir(root)
+        report(f"hubft: recovered checkpoint {final.name}: it was complete, but a crash interrupted its rename")
 
 
 def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
@@ -227,3 +302,31 @@ def prune_checkpoints(root: str | os.PathLike, keep: int) -> None:
     for p in root.iterdir():
         if p.name.startswith(_TMP_PREFIX):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def interrupted_run(output_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run in ``output_dir`` that did not finish, or None.
+
+    A run finished when its ``metrics.json`` (written after the last checkpoint) counts at least as many updates as
+    its newest checkpoint; a run that was killed, preempted or stopped by an error has checkpoints and no such file.
+    """
+    root = Path(output_dir) / "checkpoints"
+    found = list_checkpoints(root)
+    if not found:
+        return None
+    try:
+        finished = json.loads((Path(output_dir) / "metrics.json").read_text())["run"]["updates"]
+    except (OSError, ValueError, KeyError, TypeError):
+        finished = -1
+    return found[-1].path if finished < found[-1].step else None
+
+
+def remove_checkpoints(root: str | os.PathLike) -> int:
+    """Delete every checkpoint and temporary directory under ``root``; returns how many went."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    gone = [p for p in root.iterdir() if p.is_dir() and (_NAME.match(p.name) or p.name.startswith(_TMP_PREFIX))]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(gone)

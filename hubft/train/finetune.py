@@ -9,10 +9,13 @@ number of processes, a non-finite-loss stop that applies no update, and the outp
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import math
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,10 @@ import torch
 import torch.nn as nn
 
 from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, load_config
-from hubft.errors import ConfigError, HubftError
-from hubft.train.checkpoint import find_latest_checkpoint, verify_checkpoint
+from hubft.errors import ConfigError, DataError, HubftError, TrainingError
+from hubft.faults import fault_point
+from hubft.train.checkpoint import (find_latest_checkpoint, interrupted_run, recover_interrupted_checkpoints,
+                                    remove_checkpoints, verify_checkpoint)
 from hubft.train.loop import TrainLoop
 from hubft.train.outputs import OutputWriter
 from hubft.train.mixing import mixing_enabled
@@ -62,6 +67,10 @@ def validate_config(config: FinetuneConfig) -> None:
 
     need(c.train.epochs >= 1, "train.epochs", c.train.epochs, ">= 1")
     need(c.train.batch_size >= 1, "train.batch_size", c.train.batch_size, ">= 1")
+    need(c.train.eval_batch_size is None or c.train.eval_batch_size >= 1, "train.eval_batch_size",
+         c.train.eval_batch_size, "null or >= 1")
+    need(c.train.max_updates is None or c.train.max_updates >= 1, "train.max_updates", c.train.max_updates,
+         "null or >= 1")
     need(c.train.grad_accum_steps >= 1, "train.grad_accum_steps", c.train.grad_accum_steps, ">= 1")
     need(c.train.keep_checkpoints >= 1, "train.keep_checkpoints", c.train.keep_checkpoints, ">= 1")
     need(c.train.checkpoint_every is None or c.train.checkpoint_every >= 1, "train.checkpoint_every",
@@ -75,18 +84,40 @@ def validate_config(config: FinetuneConfig) -> None:
     need(c.optim.layer_decay is None or 0 < c.optim.layer_decay <= 1, "optim.layer_decay", c.optim.layer_decay,
          "null or in (0, 1]")
     need(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, ">= 0")
+    # A negative clip norm would not fail: torch would flip every gradient.
+    need(c.optim.clip_grad_norm is None or c.optim.clip_grad_norm > 0, "optim.clip_grad_norm",
+         c.optim.clip_grad_norm, "null or > 0")
     need(c.schedule.warmup_steps >= 0, "schedule.warmup_steps", c.schedule.warmup_steps, ">= 0")
     need(0 < c.data.eval_fraction < 1, "data.eval_fraction", c.data.eval_fraction, "in (0, 1)")
     need(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, ">= 0")
+    need(c.data.cache in ("auto", True, False), "data.cache", c.data.cache, "auto, true or false")
+    need(c.data.mixup_off_epoch is None or c.data.mixup_off_epoch >= 0, "data.mixup_off_epoch",
+         c.data.mixup_off_epoch, "null or >= 0")
     need(c.data.image_size is None or c.data.image_size >= 8, "data.image_size", c.data.image_size, "null or >= 8")
     for key in ("re_prob", "hflip", "mixup_prob", "mixup_switch_prob"):
         v = getattr(c.data, key)
         need(0 <= v <= 1, f"data.{key}", v, "in [0, 1]")
     need(c.data.mixup_alpha >= 0, "data.mixup_alpha", c.data.mixup_alpha, ">= 0")
     need(c.data.cutmix_alpha >= 0, "data.cutmix_alpha", c.data.cutmix_alpha, ">= 0")
+    for key in ("drop_rate", "drop_path_rate"):
+        v = getattr(c.model, key)
+        need(v is None or 0 <= v < 1, f"model.{key}", v, "null or in [0, 1)")
     freeze = c.model.freeze
     need(freeze in (True, False, "body", "none") or (isinstance(freeze, int) and freeze >= 0), "model.freeze",
          freeze, "false, true, 'body' or a number of stages >= 0")
+    need(c.model.unfreeze_epoch is None or (freeze not in (False, "none") and c.model.unfreeze_epoch >= 0),
+         "model.unfreeze_epoch", c.model.unfreeze_epoch, "null, or an epoch >= 0 together with model.freeze")
+    out = Path(c.train.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir {str(out)!r} is a file, not a directory",
+                          fix="set train.output_dir to a new or existing directory")
+    unfinished = None if c.train.resume else interrupted_run(out)
+    if unfinished is not None:
+        raise ConfigError(
+            f"train.output_dir {str(out)!r} holds an interrupted run (latest checkpoint {unfinished.name}); a new "
+            "run there would mix its checkpoints with that run's",
+            fix="continue it with --train.resume latest, or start over in another train.output_dir (or delete "
+                "its checkpoints/ folder)")
     if (c.data.name is None) == (c.data.path is None):
         raise ConfigError("give exactly one of data.name (a Hub dataset id) and data.path (a local folder or file)",
                           fix="set data.name or data.path in the config, not both")
@@ -94,6 +125,28 @@ def validate_config(config: FinetuneConfig) -> None:
         from hubft.hub.repo_id import check_repo_id
 
         check_repo_id(c.hub.repo_id, key="hub.repo_id")
+
+
+def _os_errors(what: str):
+    """Turn an ``OSError`` of a stage (disk full, permissions) into a one-line :class:`TrainingError`."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self: "Finetuner", *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except OSError as e:
+                full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+                where = f" ({e.filename})" if e.filename else ""
+                raise TrainingError(
+                    f"{what} failed: {'the disk is full' if full else e.strerror or type(e).__name__}{where}; "
+                    "every checkpoint already written is intact",
+                    fix=("free disk space, then " if full else "fix the file system problem, then ")
+                    + "resume with --train.resume latest") from None
+
+        return wrapper
+
+    return decorate
 
 
 class Finetuner:
@@ -134,14 +187,20 @@ class Finetuner:
             # DDP registers only parameters that require grad when it is built; the body unfrozen later must be
             # registered too, and is "unused" until then.
             kwargs_handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
-        self.accelerator = Accelerator(
-            cpu=c.train.cpu,
-            mixed_precision=c.train.mixed_precision,
-            gradient_accumulation_steps=c.train.grad_accum_steps,
-            log_with=c.train.log_with,
-            project_dir=c.train.output_dir,
-            kwargs_handlers=kwargs_handlers,
-        )
+        try:
+            self.accelerator = Accelerator(
+                cpu=c.train.cpu,
+                mixed_precision=c.train.mixed_precision,
+                gradient_accumulation_steps=c.train.grad_accum_steps,
+                log_with=c.train.log_with,
+                project_dir=c.train.output_dir,
+                kwargs_handlers=kwargs_handlers,
+            )
+        except (ValueError, ImportError) as e:
+            raise ConfigError(
+                f"Accelerate refused train.cpu={c.train.cpu!r}, train.mixed_precision={c.train.mixed_precision!r}, "
+                f"train.log_with={c.train.log_with!r}: {' '.join(str(e).split())[:300]}",
+                fix="use mixed_precision 'no' on CPU, and a log_with tracker that is installed (or null)") from None
         self.output = OutputWriter(Path(c.train.output_dir), is_main=self.accelerator.is_main_process)
 
     # -- stages -------------------------------------------------------------------------------------------------
@@ -155,6 +214,10 @@ class Finetuner:
             label_column=d.label_column, train_split=d.train_split, eval_split=d.eval_split,
             eval_fraction=d.eval_fraction, classes=d.classes, max_per_class=d.max_per_class, seed=self.config.train.seed,
         )
+        names = list(self.data.label_names)
+        if len(names) < 2 and not self.data.multi_label:
+            raise DataError(f"the data has {len(names)} class(es) {names}: a classifier needs at least 2",
+                            fix="add examples of another class, or check data.classes and data.label_column")
 
     def setup_model(self) -> None:
         """Create the backbone with a fresh head for the data's labels; freeze and set the memory format."""
@@ -196,8 +259,9 @@ class Finetuner:
         eval_tf = create_transforms(self.model.pretrained_cfg, image_size=d.image_size, training=False)
         num_classes = len(self.data.label_names)
         ds_kwargs = dict(image_column=self.data.image_column, label_column=self.data.label_column,
-                         multi_label=self.data.multi_label, num_classes=num_classes)
+                         multi_label=self.data.multi_label, num_classes=num_classes, cache=d.cache)
         train_ds = SeededDataset(ImageClassificationDataset(self.data.train, train_tf, **ds_kwargs))
+        _check_no_batch_of_one(self.model, len(train_ds), c.train.batch_size, acc.num_processes)
         eval_ds = SeededDataset(ImageClassificationDataset(self.data.eval, eval_tf, **ds_kwargs))
         self.train_sampler = EpochSampler(len(train_ds), seed=c.train.seed, shuffle=True)
         eval_sampler = EpochSampler(len(eval_ds), seed=c.train.seed, shuffle=False)
@@ -219,6 +283,8 @@ class Finetuner:
         # What the card and metrics.json report: the spec itself, or the name of a function / class passed in.
         self.loss_spec = loss_spec if isinstance(loss_spec, (str, dict, list)) else getattr(
             loss_spec, "__name__", type(loss_spec).__name__)
+        if not self.data.multi_label:  # multi-hot targets have the output's shape: any loss fits them
+            _check_loss_takes_labels(loss_spec)
         self.loss_fn = create_loss(loss_spec, **loss_options)
 
         # Parameter groups carry their LR multipliers baked in, so any torch scheduler honours them.
@@ -265,6 +331,13 @@ class Finetuner:
         self.loop.state.compat = self.compat_fields()
         if c.train.resume:
             self.loop.resume(self.resolve_resume(c.train.resume))
+        elif acc.is_main_process:
+            # A new run where a finished one was (an interrupted one is refused in validate_config): the old
+            # checkpoints must not be kept over the new ones by pruning, nor found by "latest", and the old log must
+            # not be continued.
+            if remove_checkpoints(Path(c.train.output_dir) / "checkpoints"):
+                acc.print(f"hubft: removed the checkpoints of the earlier, finished run in {c.train.output_dir}")
+            self.output.truncate_log(0)
         self.output.start(self)
 
     def setup(self) -> None:
@@ -273,8 +346,16 @@ class Finetuner:
         self.setup_model()
         self.setup_training()
 
+    @_os_errors("training")
     def fit(self) -> dict:
-        """Train for ``train.epochs``; returns the final epoch's record. SIGTERM checkpoints and exits cleanly."""
+        """Train for ``train.epochs``; returns the final epoch's record.
+
+        A SIGTERM (preemption) lets the current update finish, writes a checkpoint and returns with ``preempted``
+        set; callers exit with :data:`PREEMPTED_EXIT_CODE`. Signal handlers exist only in the main thread: from
+        another thread SIGTERM keeps its usual meaning.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return self.loop.run()
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
@@ -282,8 +363,10 @@ class Finetuner:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
+    @_os_errors("writing the finished model")
     def save(self) -> Path:
         """Write the finished model directory (weights, config.json, card, metrics, logs, plots)."""
+        fault_point("before_save")
         return self.output.finish(self)
 
     def push(self) -> str | None:
@@ -337,9 +420,12 @@ class Finetuner:
             CheckpointError: The named checkpoint is incomplete or corrupt.
             ConfigError: ``latest`` was asked for but there is no complete checkpoint.
         """
-        root = Path(self.config.train.output_dir) / "checkpoints"
+        root, acc = Path(self.config.train.output_dir) / "checkpoints", self.accelerator
         if resume == "latest":
-            found = find_latest_checkpoint(root)
+            if acc.is_main_process:
+                recover_interrupted_checkpoints(root, report=acc.print)
+            acc.wait_for_everyone()
+            found = find_latest_checkpoint(root, report=acc.print if acc.is_main_process else lambda _: None)
             if found is None:
                 raise ConfigError(f"train.resume is 'latest' but {str(root)!r} holds no complete checkpoint",
                                   fix="start without train.resume, or point it at a checkpoint directory")
@@ -350,6 +436,34 @@ class Finetuner:
                               fix="use 'latest' or the path of a checkpoints/step-N directory")
         verify_checkpoint(path)
         return path
+
+
+def _check_loss_takes_labels(spec: Any) -> None:
+    """Refuse, before anything is written, a registered loss that needs dense (regression) targets."""
+    from hubft.losses import get_loss_info, list_losses
+
+    registered = set(list_losses())
+    names = [spec] if isinstance(spec, str) else [k for k in spec if isinstance(k, str)] if isinstance(spec, dict) \
+        else []
+    for name in (n for n in names if n in registered and get_loss_info(n).target == "dense"):
+        usable = ", ".join(n for n in sorted(registered) if get_loss_info(n).target != "dense")
+        raise ConfigError(f"loss {name!r} compares the output with a target of its own shape (regression), but "
+                          "the data has class labels", fix=f"use a classification loss: {usable}")
+
+
+def _check_no_batch_of_one(model: nn.Module, examples: int, batch_size: int, processes: int) -> None:
+    """A last batch of one image makes BatchNorm fail mid-epoch: refuse it now, suggesting a batch size that works.
+
+    Several processes never see one (Accelerate completes every process's last batch); one process does when
+    ``examples % batch_size == 1``.
+    """
+    if processes > 1 or examples % batch_size != 1 or batch_size == 1 or \
+            not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    near = min((b for b in range(2, 2 * batch_size + 2) if examples % b != 1), key=lambda b: abs(b - batch_size))
+    raise ConfigError(f"train.batch_size = {batch_size} leaves a last batch of 1 image ({examples} training "
+                      "examples), which the model's BatchNorm layers cannot train on",
+                      fix=f"set train.batch_size to e.g. {near}")
 
 
 def _use_channels_last(model: nn.Module, setting: bool | str) -> bool:
@@ -382,7 +496,9 @@ def finetune(config: FinetuneConfig | dict | str | os.PathLike, *, dataset=None,
         A :class:`FinetuneResult` with ``output_dir``, ``final`` and ``best`` metrics and ``steps``.
 
     Raises:
-        HubftError: Bad config or input (before training starts), or a non-finite loss (``TrainingError``).
+        HubftError: Bad config or input (before training starts), a non-finite loss or a failed write
+            (``TrainingError``; the checkpoints written so far are intact).
+        SystemExit: With :data:`PREEMPTED_EXIT_CODE` after a SIGTERM, once a checkpoint is written.
     """
     ft = Finetuner(config, dataset=dataset, loss=loss)
     try:

@@ -3,11 +3,19 @@
 Time is explicit: the optimizer-update count drives the schedule, logging and checkpoints; dropout is seeded from
 ``(seed, epoch, batch, process)`` and augmentation from ``(seed, epoch, index)``, so an interrupted run resumed from a
 checkpoint replays exactly what the uninterrupted run would have done.
+
+A non-finite loss or gradient stops the run before the optimizer moves anything: parameters, optimizer state and
+the buffers the update's forward passes touched (BatchNorm statistics) are those of the previous update, and no
+checkpoint or output is written from them. With ``HUBFT_TRACE_INPUTS=1`` every logged step record carries
+``inputs``, a digest of the exact batches (images and targets) the update consumed: sample order and augmentation
+made visible, for the reliability tests that compare a resumed run with an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,8 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from hubft.errors import TrainingError
-from hubft.faults import fault_point
+from hubft.errors import CheckpointError, HubftError, TrainingError
+from hubft.faults import fault_point, fault_points_after_writes
 from hubft.train.checkpoint import prune_checkpoints, write_checkpoint
 from hubft.train.metrics import classification_metrics, multilabel_metrics
 from hubft.train.sampler import mix_seed
@@ -37,6 +45,12 @@ class TrainLoop:
         self.mixup = _create_mixup(ft)
         self._loss_sum = torch.zeros((), dtype=torch.float64)
         self.has_frozen = any(not p.requires_grad for p in ft.model.parameters())
+        # (update, epoch, batches) of the last checkpoint written or resumed from: a SIGTERM right after a periodic
+        # checkpoint must not write the same state again.
+        self._saved: tuple[int, int, int] | None = None
+        self._buffers_before: list[torch.Tensor] | None = None
+        self._bad = torch.zeros(())
+        self._inputs = hashlib.sha256() if os.environ.get("HUBFT_TRACE_INPUTS") == "1" else None
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -46,7 +60,12 @@ class TrainLoop:
         s.epoch_loss_sum = float(self._loss_sum) if s.batches_in_epoch else 0.0
 
         def write(tmp: Path) -> None:
-            acc.save_state(str(tmp))
+            # Accelerate writes weights, optimizer and RNG states in one call; the fault points between its files
+            # exist only while a test plans faults.
+            import accelerate.checkpointing
+
+            with fault_points_after_writes(accelerate.checkpointing, "save", _accelerate_file_point):
+                acc.save_state(str(tmp))
             fault_point("checkpoint_after_accelerate_state")
             if acc.is_main_process:
                 torch.save(ft.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -60,18 +79,29 @@ class TrainLoop:
                                 wait=acc.wait_for_everyone, tmp_name=f".tmp-step-{s.update:08d}")
         if acc.is_main_process:
             prune_checkpoints(root, ft.config.train.keep_checkpoints)
+            fault_point("checkpoint_after_prune")
+        self._saved = (s.update, s.epoch, s.batches_in_epoch)
         return path
 
     def resume(self, path: Path) -> None:
         ft, acc = self.ft, self.ft.accelerator
         state = TrainState.read(path)
         state.check_compatible(self.state.compat, path)
-        acc.load_state(str(path))
-        ft.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        if ft.ema is not None and (path / "ema.safetensors").is_file():
-            ft.ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
+        try:
+            acc.load_state(str(path))
+            ft.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+            if ft.ema is not None and (path / "ema.safetensors").is_file():
+                ft.ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
+        except Exception as e:  # pickle refusals (weights_only), shape mismatches, files altered after verification
+            detail = " ".join(str(e).split())[:300]
+            raise CheckpointError(f"checkpoint {str(path)!r} could not be loaded ({type(e).__name__}: {detail})",
+                                  fix="resume from another checkpoint, or start a new run in another "
+                                      "train.output_dir") from None
         state.compat = self.state.compat
         self.state = state
+        if state.last_metrics is not None:
+            self.last_metrics = state.last_metrics
+        self._saved = (state.update, state.epoch, state.batches_in_epoch)
         ft.output.truncate_log(state.update)
         acc.print(f"hubft: resumed from {path} (epoch {state.epoch}, update {state.update})")
 
@@ -102,7 +132,7 @@ class TrainLoop:
         return m is not None and self.state.update >= m
 
     def train_epoch(self, epoch: int) -> None:
-        ft, c, s, acc = self.ft, self.ft.config, self.state, self.ft.accelerator
+        ft, s, acc = self.ft, self.state, self.ft.accelerator
         dl = ft.train_dl
         if s.batches_in_epoch:
             dl = acc.skip_first_batches(ft.train_dl, s.batches_in_epoch)
@@ -110,71 +140,102 @@ class TrainLoop:
         # set it through the loader actually iterated, or a resumed run would replay the wrong epoch's order.
         dl.set_epoch(epoch) if hasattr(dl, "set_epoch") else ft.train_sampler.set_epoch(epoch)
         ft.model.train()
-        bad = torch.zeros((), device=acc.device)
+        self._bad = torch.zeros((), device=acc.device)
         seen, t0 = 0, time.perf_counter()
         self._loss_sum = torch.tensor(s.epoch_loss_sum, device=acc.device, dtype=torch.float64)
         bar = _progress(ft, epoch)
-        for x, y in dl:
-            # Dropout / drop-path draw from torch's global RNG: seed it from the position in the run.
-            torch.manual_seed(mix_seed(c.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
-            if ft.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.mixup is not None and (c.data.mixup_off_epoch is None or epoch < c.data.mixup_off_epoch):
-                x, y = self.mixup(x, y, mix_seed(c.train.seed, 2, epoch, s.batches_in_epoch, acc.process_index))
-            with acc.accumulate(ft.model):
-                out = ft.model(x)
-                loss = ft.loss_fn(out, y)
-                bad = bad + (~torch.isfinite(loss.detach())).float()
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    self._check_finite(bad, epoch)
-                    if self.has_frozen:
-                        # Under DDP a frozen parameter may come back with a zero gradient: never let the optimizer
-                        # (momentum, weight decay) move it.
-                        for p in ft.model.parameters():
-                            if not p.requires_grad:
-                                p.grad = None
-                    if c.optim.clip_grad_norm is not None:
-                        acc.clip_grad_norm_(ft.model.parameters(), c.optim.clip_grad_norm)
-                    ft.optimizer.step()
-                    ft.optimizer.zero_grad(set_to_none=True)
-            s.batches_in_epoch += 1
-            seen += x.shape[0]
-            self._loss_sum += loss.detach()
-            if not acc.sync_gradients:
-                continue
-            s.update += 1
-            bad.zero_()
-            fault_point("after_optimizer_step")
-            ft.scheduler.step_update(s.update)
-            if ft.ema is not None:
-                ft.ema.update(acc.unwrap_model(ft.model), step=s.update)
-            if s.update % c.train.log_every == 0 or s.update == 1:
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                rec = {"type": "step", "step": s.update, "epoch": epoch, "loss": float(loss.detach()),
-                       "lr": {n: g["lr"] for n, g in zip(ft.group_names, ft.optimizer.param_groups)},
-                       "images_per_s": seen * acc.num_processes / elapsed}
-                ft.output.log(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{ft.optimizer.param_groups[0]['lr']:.2e}",
-                                    img_s=f"{rec['images_per_s']:.0f}")
+        try:
+            for x, y in _plain_worker_errors(dl):
+                loss = self._micro_batch(x, y, epoch)
+                seen += x.shape[0]
+                if acc.sync_gradients and self._after_update(epoch, loss, seen, t0, bar):
+                    break
+        finally:
+            # Closed on errors too, so that an error message starts on a line of its own.
             if bar is not None:
-                bar.update(1)
-            acc.print(f"HUBFT_STEP {s.update}", flush=True) if _trace() else None
-            every = c.train.checkpoint_every
-            if every and s.update % every == 0:
-                self.save_checkpoint()
-            if self._agree(ft.preempted):
-                ft.preempted = True
-                self.save_checkpoint()
-                acc.print(f"hubft: stopped by SIGTERM at update {s.update}; checkpoint written, resume with "
-                          "train.resume=latest", flush=True)
-                break
-            if self._done():
-                break
-        if bar is not None:
-            bar.close()
+                bar.close()
         self._epoch_train_loss = float(acc.reduce(self._loss_sum.float(), "mean")) / max(1, s.batches_in_epoch)
+
+    def _micro_batch(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Forward and backward one batch; on an accumulation boundary, check and apply the update."""
+        ft, c, s, acc = self.ft, self.ft.config, self.state, self.ft.accelerator
+        # Dropout / drop-path draw from torch's global RNG: seed it from the position in the run.
+        torch.manual_seed(mix_seed(c.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
+        if ft.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.mixup is not None and (c.data.mixup_off_epoch is None or epoch < c.data.mixup_off_epoch):
+            x, y = self.mixup(x, y, mix_seed(c.train.seed, 2, epoch, s.batches_in_epoch, acc.process_index))
+        if self._inputs is not None:
+            self._inputs.update(x.detach().cpu().contiguous().numpy().tobytes())
+            self._inputs.update(y.detach().cpu().contiguous().numpy().tobytes())
+        if self._buffers_before is None:
+            self._buffers_before = [b.detach().clone() for b in ft.model.buffers()]
+        with acc.accumulate(ft.model):
+            out = ft.model(x)
+            loss = ft.loss_fn(out, y)
+            if fault_point("loss"):
+                loss = loss * float("nan")
+            self._bad = self._bad + (~torch.isfinite(loss.detach())).float()
+            acc.backward(loss)
+            if fault_point("gradients"):
+                next(p for p in ft.model.parameters() if p.grad is not None).grad.fill_(float("inf"))
+            fault_point("after_backward")
+            if acc.sync_gradients:
+                self._check_finite(self._bad, epoch)
+                if self.has_frozen:
+                    # Under DDP a frozen parameter may come back with a zero gradient: never let the optimizer
+                    # (momentum, weight decay) move it.
+                    for p in ft.model.parameters():
+                        if not p.requires_grad:
+                            p.grad = None
+                if c.optim.clip_grad_norm is not None:
+                    acc.clip_grad_norm_(ft.model.parameters(), c.optim.clip_grad_norm)
+                ft.optimizer.step()
+                ft.optimizer.zero_grad(set_to_none=True)
+        s.batches_in_epoch += 1
+        self._loss_sum += loss.detach()
+        return loss
+
+    def _after_update(self, epoch: int, loss: torch.Tensor, seen: int, t0: float, bar) -> bool:
+        """Schedule, EMA, log, checkpoint and SIGTERM handling after update ``state.update + 1``; True: stop."""
+        ft, c, s, acc = self.ft, self.ft.config, self.state, self.ft.accelerator
+        s.update += 1
+        self._buffers_before = None
+        self._bad.zero_()
+        fault_point("after_optimizer_step")
+        ft.scheduler.step_update(s.update)
+        if ft.ema is not None:
+            ft.ema.update(acc.unwrap_model(ft.model), step=s.update)
+        if s.update % c.train.log_every == 0 or s.update == 1:
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            rec = {"type": "step", "step": s.update, "epoch": epoch, "loss": float(loss.detach()),
+                   "lr": {n: g["lr"] for n, g in zip(ft.group_names, ft.optimizer.param_groups)},
+                   "images_per_s": seen * acc.num_processes / elapsed}
+            if self._inputs is not None:
+                rec["inputs"] = self._inputs.hexdigest()[:16]
+            ft.output.log(rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{ft.optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{rec['images_per_s']:.0f}")
+        if self._inputs is not None:
+            self._inputs = hashlib.sha256()
+        if bar is not None:
+            bar.update(1)
+        acc.print(f"HUBFT_STEP {s.update}", flush=True) if _trace() else None
+        # The epoch's last update (or the run's) is checkpointed by end_epoch, with the epoch closed: writing it
+        # here too would only write the same step twice.
+        closes_epoch = s.batches_in_epoch >= len(ft.train_dl) or self._done()
+        every = c.train.checkpoint_every
+        if every and s.update % every == 0 and not closes_epoch:
+            self.save_checkpoint()
+        if self._agree(ft.preempted):
+            ft.preempted = True
+            if self._saved != (s.update, s.epoch, s.batches_in_epoch):
+                self.save_checkpoint()
+            acc.print(f"hubft: stopped by SIGTERM at update {s.update}; checkpoint written, resume with "
+                      "train.resume=latest", flush=True)
+            return True
+        return self._done()
 
     def _agree(self, flag: bool) -> bool:
         acc = self.ft.accelerator
@@ -195,6 +256,11 @@ class TrainLoop:
             bad = acc.reduce(bad.clone(), "sum")
         if float(bad) > 0:
             ft.optimizer.zero_grad(set_to_none=True)
+            if self._buffers_before is not None:
+                # The update's forward passes moved running statistics (BatchNorm): put back their previous values.
+                with torch.no_grad():
+                    for b, before in zip(ft.model.buffers(), self._buffers_before):
+                        b.copy_(before)
             raise TrainingError(
                 f"non-finite loss or gradients at epoch {epoch}, step {self.state.update + 1}; no update was applied "
                 "and the last complete checkpoint is kept",
@@ -208,7 +274,7 @@ class TrainLoop:
         was_training = model.training
         model.eval()
         logits, targets = [], []
-        for x, y in ft.eval_dl:
+        for x, y in _plain_worker_errors(ft.eval_dl):
             if ft.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with acc.autocast():
@@ -245,9 +311,10 @@ class TrainLoop:
             s.epochs_without_improvement += 1
         s.history.append({k: v for k, v in record.items() if k != "type"} | {"eval": _summary(metrics)})
         ft.output.log(record | {"eval": _summary(metrics)})
+        fault_point("epoch_end")
         ft.accelerator.print(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  eval "
                              + "  ".join(f"{k} {v:.4f}" for k, v in _summary(metrics).items() if v is not None))
-        self.last_metrics = metrics
+        self.last_metrics = s.last_metrics = metrics
         s.epoch, s.batches_in_epoch, s.epoch_loss_sum = epoch + 1, 0, 0.0
         self.save_checkpoint()
         return record
@@ -267,10 +334,39 @@ def _summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
 
 
-def _trace() -> bool:
-    import os
+def _plain_worker_errors(loader):
+    """Iterate ``loader``; a hubft error raised in a DataLoader worker comes back as its own one-line message.
 
+    torch re-raises a worker's exception with the worker's traceback folded into the message.
+    """
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except HubftError as e:
+            text = str(e)
+            if "\n" not in text:
+                raise
+            last = next((line for line in reversed(text.splitlines()) if line.startswith("hubft.errors.")), None)
+            if last is None:
+                raise
+            raise type(e)(last.split(": ", 1)[1].rstrip(".")) from None
+        yield batch
+
+
+def _trace() -> bool:
     return os.environ.get("HUBFT_FAULT_TRACE") == "1"
+
+
+def _accelerate_file_point(path: Path) -> str | None:
+    """The fault point after Accelerate wrote ``path`` in ``save_state`` (the RNG file is written last, elsewhere)."""
+    if path.name.startswith("model"):
+        return "checkpoint_after_weights"
+    if path.name.startswith("optimizer"):
+        return "checkpoint_after_optimizer"
+    return None
 
 
 def _progress(ft: "Finetuner", epoch: int):

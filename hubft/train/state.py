@@ -30,6 +30,8 @@ class TrainState:
     epochs_without_improvement: int = 0
     history: list = field(default_factory=list)
     compat: dict = field(default_factory=dict)
+    # The full metrics of the last evaluation: a run resumed after its last epoch still reports them.
+    last_metrics: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

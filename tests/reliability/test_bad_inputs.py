@@ -1,0 +1,236 @@
+"""The bad-input matrix: every foreseeable mistake gives a one-line cause-and-fix message, a non-zero exit, no
+traceback (unless ``--debug``), and leaves the outputs of an earlier run in ``train.output_dir`` untouched.
+
+Each case runs ``hubft finetune --config <a good config> <the mistake>`` in-process, with ``train.output_dir``
+holding a finished run. The README's error table is generated from these records
+(``tests/reliability/report.py``), so a user can look their message up there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from hubft.cli import main
+
+
+@dataclass(frozen=True)
+class Case:
+    wrong: str  # what is wrong, in the README's words
+    argv: list  # appended to `finetune --config CONFIG`; "<name>" is a path from `inputs` (or the run)
+    needle: str  # the message must contain this (it names the bad value or file)
+    code: int = 2
+    setup: Callable[[Path], None] | None = None  # damages the copied earlier run first
+    untouched: bool = True  # False: the mistake can only surface once training started (see the case)
+    command: str = "finetune"
+    fix: bool = True  # False: the message has no "Fix:" yet (named in the case, to be fixed where it is raised)
+
+
+def _drop(name: str) -> Callable[[Path], None]:
+    return lambda run: (run / name).unlink()
+
+
+def _flip_newest_weights(run: Path) -> None:
+    path = run / "checkpoints" / "step-00000010" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 1
+    path.unlink()  # a hard link to the shared finished run (see _copy_run): write a file of its own
+    path.write_bytes(bytes(data))
+
+
+CASES = {
+    # -- the config itself
+    "unknown-config-key": Case("a misspelt key in the YAML", ["--config", "<typo_key>"], "did you mean epochs"),
+    "unknown-config-section": Case("a misspelt section in the YAML", ["--config", "<typo_section>"],
+                                   "did you mean train"),
+    "unknown-flag": Case("a misspelt command-line flag", ["--train.epoch", "3"], "did you mean --train.epochs"),
+    "wrong-type-flag": Case("a value of the wrong type on the command line", ["--train.batch_size", "eight"],
+                            "train.batch_size must be int"),
+    "wrong-type-yaml": Case("a value of the wrong type in the YAML", ["--config", "<wrong_type>"],
+                            "optim.lr must be float"),
+    "not-a-choice": Case("a value outside a fixed set", ["--train.mixed_precision", "fp8"],
+                         "train.mixed_precision must be one of"),
+    "value-out-of-range": Case("a number out of range", ["--train.epochs", "0"], "train.epochs = 0"),
+    "negative-lr": Case("a negative learning rate", ["--optim.lr", "-1"], "optim.lr = -1.0"),
+    "negative-clip-norm": Case("a negative gradient-clipping norm (torch would flip the gradients)",
+                               ["--optim.clip_grad_norm", "-1"], "optim.clip_grad_norm"),
+    "dropout-out-of-range": Case("a dropout rate >= 1", ["--model.drop_rate", "2"], "model.drop_rate"),
+    "unfreeze-without-freeze": Case("unfreeze_epoch set but nothing frozen", ["--model.unfreeze_epoch", "1"],
+                                    "model.unfreeze_epoch"),
+    "config-file-missing": Case("--config names no file", ["--config", "<missing>"], "does not exist"),
+    "config-not-yaml": Case("the config file is not YAML", ["--config", "<not_yaml>"], "is not valid YAML",
+                            fix=False),
+    "config-not-a-mapping": Case("the config file is a list", ["--config", "<a_list>"], "must be a mapping",
+                                 fix=False),
+    "output-dir-is-a-file": Case("train.output_dir is a file", ["--train.output_dir", "<a_file>"], "is a file"),
+    "unknown-tracker": Case("an unknown train.log_with tracker", ["--train.log_with", "nonexistent_tracker"],
+                            "nonexistent_tracker"),
+    # -- names of registered things
+    "unknown-model": Case("an unknown backbone", ["--model.name", "resnet99"], "unknown timm architecture"),
+    "unknown-loss": Case("an unknown loss", ["--loss.name", "cross_entropi"], "did you mean 'cross_entropy'"),
+    "unknown-scheduler": Case("an unknown LR schedule", ["--schedule.name", "cosin"], "did you mean 'cosine'"),
+    "unknown-optimizer": Case("an unknown optimizer", ["--optim.name", "adamw2"], "did you mean 'adamw'"),
+    "unknown-optimizer-option": Case("an optimizer option it does not take", ["--optim.options", "{gamam: 3}"],
+                                     "gamam"),
+    "bad-optimizer-option": Case("an optimizer option of the wrong shape", ["--optim.options", "{betas: 3}"],
+                                 "betas=3"),
+    "unknown-loss-option": Case("a loss option it does not take", ["--loss.options", "{gamam: 2}"], "gamam"),
+    "unknown-schedule-option": Case("a schedule option it does not take", ["--schedule.options", "{foo: 1}"],
+                                    "takes no argument 'foo'"),
+    "regression-loss": Case("a regression loss for class labels", ["--loss.name", "mse"], "regression"),
+    # -- data
+    "no-data-source": Case("neither data.name nor data.path", ["--data.path", "null"], "give exactly one of"),
+    "two-data-sources": Case("both data.name and data.path", ["--data.name", "someone/data"],
+                             "give exactly one of"),
+    "data-path-missing": Case("data.path does not exist", ["--data.path", "<missing>"], "not found"),
+    "label-column-missing": Case("the label column does not exist", ["--data.label_column", "species"],
+                                 "label column 'species' not found"),
+    "image-column-missing": Case("the image column does not exist", ["--data.image_column", "pixels"],
+                                 "image column 'pixels' not found"),
+    "labels-out-of-range": Case("a label outside the ClassLabel's classes", ["--data.path", "<out_of_range>"],
+                                "is out of range"),
+    "empty-dataset": Case("an image folder without images", ["--data.path", "<empty>"], "doesn't contain any"),
+    "unreadable-image": Case("an image file that does not decode", ["--data.path", "<bad_image>"],
+                             "cannot decode the image"),
+    "unreadable-image-in-a-worker": Case(
+        "an undecodable image met in a DataLoader worker (cache off): it surfaces at the first batch, after the "
+        "new run replaced the earlier run's config.yaml, LR curve, log and checkpoints (its model is kept)",
+        ["--data.path", "<bad_image>", "--data.cache", "false", "--data.num_workers", "2"],
+        "cannot decode the image", untouched=False),
+    "batch-of-one-with-batchnorm": Case("a batch size that leaves one image in the last batch of a BatchNorm model",
+                                        ["--train.batch_size", "17"], "train.batch_size = 17"),
+    "single-class": Case("only one class left to learn", ["--data.classes", "[class_0]"], "at least 2"),
+    "unknown-class": Case("data.classes names a class the data lacks", ["--data.classes", "[cat, dog]"],
+                          "unknown class 'cat'"),
+    "eval-split-missing": Case("data.eval_split names a split the data lacks", ["--data.eval_split", "test"],
+                               "split 'test' not found"),
+    # -- weights and the Hub
+    "corrupt-weights": Case("a truncated model.safetensors", ["--model.name", "local-dir:<truncated>",
+                                                              "--model.pretrained", "true"], "truncated"),
+    "pickle-weights": Case("only pickle weights (pytorch_model.bin)", ["--model.name", "local-dir:<pickled>",
+                                                                       "--model.pretrained", "true"],
+                           "refuses to load"),
+    "bad-model-repo-id": Case("a malformed hf-hub: model id", ["--model.name", "hf-hub:a/b/c"],
+                              "invalid Hub repo id"),
+    "bad-push-repo-id": Case("a malformed hub.repo_id", ["--hub.push", "true", "--hub.repo_id", "bad repo"],
+                             "not a valid Hub repo id"),
+    "push-without-repo-id": Case("hub.push without hub.repo_id", ["--hub.push", "true"], "hub.repo_id is missing"),
+    "push-without-a-model": Case("`hubft push` of a directory without a model", ["<empty>", "alice/model"],
+                                 "is missing; there is no model to push", command="push"),
+    # -- resuming
+    "resume-with-changed-config": Case("resume with a setting the run cannot continue under",
+                                       ["--train.resume", "latest", "--train.batch_size", "3"],
+                                       "train.batch_size: checkpoint 2 vs now 3"),
+    "resume-without-checkpoints": Case("resume: latest where there is no checkpoint",
+                                       ["--train.resume", "latest", "--train.output_dir", "<empty>"],
+                                       "holds no complete checkpoint"),
+    "resume-from-a-non-checkpoint": Case("resume from a directory that is no checkpoint",
+                                         ["--train.resume", "<empty>"], "no manifest.json"),
+    "resume-from-a-corrupt-checkpoint": Case("resume from a checkpoint with a flipped bit",
+                                             ["--train.resume", "<run>/checkpoints/step-00000010"],
+                                             "model.safetensors' is corrupt", setup=_flip_newest_weights),
+    "new-run-over-an-interrupted-one": Case("a new run (no resume) where an interrupted run left checkpoints",
+                                            [], "holds an interrupted run", setup=_drop("metrics.json")),
+}
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory, images) -> dict:
+    """Named bad inputs (paths) for the cases' ``{name}`` placeholders."""
+    import datasets
+    import torch
+
+    import hubft
+    from hubft.data import write_image_folder
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    (root / "typo_key.yaml").write_text("train:\n  epoch: 3\n")
+    (root / "typo_section.yaml").write_text("training:\n  epochs: 3\n")
+    (root / "wrong_type.yaml").write_text("optim:\n  lr: fast\n")
+    (root / "not_yaml.yaml").write_text("train: [\n")
+    (root / "a_list.yaml").write_text("- train\n- data\n")
+    (root / "a_file").write_text("not a directory\n")
+    (root / "empty" / "class_a").mkdir(parents=True)
+    (root / "empty" / "class_b").mkdir()
+    bad = write_image_folder(root / "bad_image", num_classes=2, per_class=8, size=16)
+    for i in range(0, 8, 2):  # enough that the train split holds some whatever the split
+        (bad / "class_0" / f"{i}.png").write_bytes(b"this is not a png")
+    files = sorted(str(p) for p in images.rglob("*.png"))
+    labels = [i % 3 for i in range(len(files))]
+    labels[5] = 7
+    ds = datasets.Dataset.from_dict({"image": files, "label": labels}).cast_column("image", datasets.Image())
+    ds.cast_column("label", datasets.ClassLabel(names=["a", "b", "c"])).to_parquet(str(root / "out_of_range.parquet"))
+    model = hubft.create_model("test_resnet", label_names=["a", "b"], pretrained=False)
+    for name in ("truncated", "pickled"):
+        hubft.save_pretrained(model, root / name)
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (root / "pickled" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), root / "pickled" / "pytorch_model.bin")
+    return {"missing": root / "nope.yaml", "out_of_range": root / "out_of_range.parquet",
+            **{p.stem: p for p in root.iterdir()}}
+
+
+def _copy_run(src: Path, dst: Path) -> None:
+    """A copy of a finished run; its large files hard-linked (hubft replaces files, never rewrites them: the
+    digest check would see it)."""
+    def copy(s, d):
+        os.link(s, d) if os.path.getsize(s) > 100_000 else shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=copy)
+
+
+def _digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_line_cause_and_fix(case, tmp_path, make_config, finished_run, inputs, capsys,
+                                                record_property):
+    c = CASES[case]
+    run = tmp_path / "run"
+    _copy_run(finished_run, run)
+    if c.setup:
+        c.setup(run)
+    names = {k: str(v) for k, v in inputs.items()} | {"run": str(run)}
+    argv = list(c.argv)
+    for key, value in names.items():
+        argv = [a.replace(f"<{key}>", value) for a in argv]
+    own_config = c.command != "finetune" or c.argv[:1] == ["--config"]
+    head = [c.command] if own_config else ["finetune", "--config", str(make_config(tmp_path))]
+    argv = head + argv
+    before = _digest(run)
+
+    code = main(argv)
+
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("hubft: error:")]
+    assert code == c.code, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    message = lines[0].removeprefix("hubft: error: ")
+    assert c.needle in message
+    assert ("Fix:" in message) == c.fix
+    assert "Traceback" not in err + out
+    if c.untouched:
+        assert _digest(run) == before, "the earlier run's outputs changed"
+    for key, value in sorted(names.items(), key=lambda kv: -len(kv[1])):
+        message = message.replace(value, f"<{key}>")
+    example = " ".join(["hubft", c.command] + ([] if own_config else ["--config", "<config>"]) + c.argv)
+    record_property("error_case", json.dumps({
+        "id": case, "wrong": c.wrong, "example": example,
+        "exit": code, "message": message.replace(str(tmp_path), "<tmp>"), "untouched": c.untouched}))
+
+
+def test_debug_shows_the_traceback(tmp_path, make_config, capsys):
+    code = main(["--debug", "finetune", "--config", str(make_config(tmp_path)), "--optim.name", "adamw2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback (most recent call last)" in err and "hubft: error: unknown optimizer 'adamw2'" in err
