@@ -269,7 +269,8 @@ def config_from_dict(data: dict | None) -> FinetuneConfig:
     """
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}",
+                          fix="write the config as sections (model:, data:, train:, ...) of key: value pairs")
     sections = {}
     for section, values in data.items():
         if section not in _SECTIONS:
@@ -324,6 +325,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML ({' '.join(str(e).split())})",
+                              fix="check the YAML syntax near the line named") from None
     config = config_from_dict(data)
     return apply_overrides(config, overrides or {})

@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,12 +24,13 @@ import torch.nn as nn
 from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, load_config
 from hubft.errors import ConfigError, DataError, HubftError, TrainingError
 from hubft.faults import fault_point
-from hubft.train.checkpoint import (find_latest_checkpoint, interrupted_run, recover_interrupted_checkpoints,
-                                    remove_checkpoints, verify_checkpoint)
+from hubft.train.checkpoint import (find_latest_checkpoint, recover_interrupted_checkpoints, remove_checkpoints,
+                                    verify_checkpoint)
 from hubft.train.loop import TrainLoop
 from hubft.train.outputs import OutputWriter
-from hubft.train.mixing import mixing_enabled
+from hubft.train.mixing import check_mixing_loss, mixing_enabled
 from hubft.train.sampler import EpochSampler, SeededDataset
+from hubft.train.validation import check_loss_takes_labels, check_no_batch_of_one, validate_config
 
 __all__ = ["Finetuner", "finetune", "FinetuneResult", "PREEMPTED_EXIT_CODE"]
 
@@ -51,80 +51,6 @@ def _resolve_config(config: FinetuneConfig | dict | str | os.PathLike) -> Finetu
     if isinstance(config, dict):
         return config_from_dict(config)
     return load_config(config)
-
-
-def validate_config(config: FinetuneConfig) -> None:
-    """Value checks that the type system cannot express, done before anything heavy starts.
-
-    Raises:
-        ConfigError: Naming the field, the value and the accepted range.
-    """
-    c = config
-
-    def need(ok: bool, key: str, value: Any, rule: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key} = {value!r} is invalid: it must be {rule}", fix=f"set {key} to {rule}")
-
-    need(c.train.epochs >= 1, "train.epochs", c.train.epochs, ">= 1")
-    need(c.train.batch_size >= 1, "train.batch_size", c.train.batch_size, ">= 1")
-    need(c.train.eval_batch_size is None or c.train.eval_batch_size >= 1, "train.eval_batch_size",
-         c.train.eval_batch_size, "null or >= 1")
-    need(c.train.max_updates is None or c.train.max_updates >= 1, "train.max_updates", c.train.max_updates,
-         "null or >= 1")
-    need(c.train.grad_accum_steps >= 1, "train.grad_accum_steps", c.train.grad_accum_steps, ">= 1")
-    need(c.train.keep_checkpoints >= 1, "train.keep_checkpoints", c.train.keep_checkpoints, ">= 1")
-    need(c.train.checkpoint_every is None or c.train.checkpoint_every >= 1, "train.checkpoint_every",
-         c.train.checkpoint_every, "null or >= 1")
-    need(c.train.log_every >= 1, "train.log_every", c.train.log_every, ">= 1")
-    need(0 < c.train.ema_decay < 1, "train.ema_decay", c.train.ema_decay, "in (0, 1)")
-    need(c.train.channels_last in ("auto", True, False), "train.channels_last", c.train.channels_last,
-         "auto, true or false")
-    need(c.optim.lr > 0, "optim.lr", c.optim.lr, "> 0")
-    need(c.optim.head_lr is None or c.optim.head_lr > 0, "optim.head_lr", c.optim.head_lr, "null or > 0")
-    need(c.optim.layer_decay is None or 0 < c.optim.layer_decay <= 1, "optim.layer_decay", c.optim.layer_decay,
-         "null or in (0, 1]")
-    need(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, ">= 0")
-    # A negative clip norm would not fail: torch would flip every gradient.
-    need(c.optim.clip_grad_norm is None or c.optim.clip_grad_norm > 0, "optim.clip_grad_norm",
-         c.optim.clip_grad_norm, "null or > 0")
-    need(c.schedule.warmup_steps >= 0, "schedule.warmup_steps", c.schedule.warmup_steps, ">= 0")
-    need(0 < c.data.eval_fraction < 1, "data.eval_fraction", c.data.eval_fraction, "in (0, 1)")
-    need(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, ">= 0")
-    need(c.data.cache in ("auto", True, False), "data.cache", c.data.cache, "auto, true or false")
-    need(c.data.mixup_off_epoch is None or c.data.mixup_off_epoch >= 0, "data.mixup_off_epoch",
-         c.data.mixup_off_epoch, "null or >= 0")
-    need(c.data.image_size is None or c.data.image_size >= 8, "data.image_size", c.data.image_size, "null or >= 8")
-    for key in ("re_prob", "hflip", "mixup_prob", "mixup_switch_prob"):
-        v = getattr(c.data, key)
-        need(0 <= v <= 1, f"data.{key}", v, "in [0, 1]")
-    need(c.data.mixup_alpha >= 0, "data.mixup_alpha", c.data.mixup_alpha, ">= 0")
-    need(c.data.cutmix_alpha >= 0, "data.cutmix_alpha", c.data.cutmix_alpha, ">= 0")
-    for key in ("drop_rate", "drop_path_rate"):
-        v = getattr(c.model, key)
-        need(v is None or 0 <= v < 1, f"model.{key}", v, "null or in [0, 1)")
-    freeze = c.model.freeze
-    need(freeze in (True, False, "body", "none") or (isinstance(freeze, int) and freeze >= 0), "model.freeze",
-         freeze, "false, true, 'body' or a number of stages >= 0")
-    need(c.model.unfreeze_epoch is None or (freeze not in (False, "none") and c.model.unfreeze_epoch >= 0),
-         "model.unfreeze_epoch", c.model.unfreeze_epoch, "null, or an epoch >= 0 together with model.freeze")
-    out = Path(c.train.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"train.output_dir {str(out)!r} is a file, not a directory",
-                          fix="set train.output_dir to a new or existing directory")
-    unfinished = None if c.train.resume else interrupted_run(out)
-    if unfinished is not None:
-        raise ConfigError(
-            f"train.output_dir {str(out)!r} holds an interrupted run (latest checkpoint {unfinished.name}); a new "
-            "run there would mix its checkpoints with that run's",
-            fix="continue it with --train.resume latest, or start over in another train.output_dir (or delete "
-                "its checkpoints/ folder)")
-    if (c.data.name is None) == (c.data.path is None):
-        raise ConfigError("give exactly one of data.name (a Hub dataset id) and data.path (a local folder or file)",
-                          fix="set data.name or data.path in the config, not both")
-    if c.hub.push or c.hub.push_checkpoints:
-        from hubft.hub.repo_id import check_repo_id
-
-        check_repo_id(c.hub.repo_id, key="hub.repo_id")
 
 
 def _os_errors(what: str):
@@ -171,11 +97,13 @@ class Finetuner:
         if dataset is not None and self.config.data.name is None and self.config.data.path is None:
             self.config.data.path = "<in-memory dataset>"  # satisfies the exclusivity check; never read
         validate_config(self.config)
+        check_mixing_loss(self.config, loss)
         if dataset is not None:
             self.config.data.path = None
         self.dataset = dataset
         self.loss_override = loss
         self.preempted = False
+        self.checkpoint_pusher = None
 
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
@@ -261,7 +189,7 @@ class Finetuner:
         ds_kwargs = dict(image_column=self.data.image_column, label_column=self.data.label_column,
                          multi_label=self.data.multi_label, num_classes=num_classes, cache=d.cache)
         train_ds = SeededDataset(ImageClassificationDataset(self.data.train, train_tf, **ds_kwargs))
-        _check_no_batch_of_one(self.model, len(train_ds), c.train.batch_size, acc.num_processes)
+        check_no_batch_of_one(self.model, len(train_ds), c.train.batch_size, acc.num_processes)
         eval_ds = SeededDataset(ImageClassificationDataset(self.data.eval, eval_tf, **ds_kwargs))
         self.train_sampler = EpochSampler(len(train_ds), seed=c.train.seed, shuffle=True)
         eval_sampler = EpochSampler(len(eval_ds), seed=c.train.seed, shuffle=False)
@@ -284,7 +212,7 @@ class Finetuner:
         self.loss_spec = loss_spec if isinstance(loss_spec, (str, dict, list)) else getattr(
             loss_spec, "__name__", type(loss_spec).__name__)
         if not self.data.multi_label:  # multi-hot targets have the output's shape: any loss fits them
-            _check_loss_takes_labels(loss_spec)
+            check_loss_takes_labels(loss_spec)
         self.loss_fn = create_loss(loss_spec, **loss_options)
 
         # Parameter groups carry their LR multipliers baked in, so any torch scheduler honours them.
@@ -338,6 +266,13 @@ class Finetuner:
             if remove_checkpoints(Path(c.train.output_dir) / "checkpoints"):
                 acc.print(f"hubft: removed the checkpoints of the earlier, finished run in {c.train.output_dir}")
             self.output.truncate_log(0)
+        if c.hub.push_checkpoints and acc.is_main_process:
+            from hubft.hub.checkpoints import CheckpointPusher
+
+            self.checkpoint_pusher = CheckpointPusher(c.hub.repo_id, c.hub.checkpoint_branch, private=c.hub.private)
+        if c.train.log_with:
+            acc.init_trackers("hubft", config=_flat(config_to_dict(c), scalars_only=True))
+            self.output.tracker = acc.log
         self.output.start(self)
 
     def setup(self) -> None:
@@ -386,8 +321,12 @@ class Finetuner:
         return url
 
     def close(self) -> None:
-        """Wait for every process and tear the process group down, so a multi-process run exits 0."""
+        """Finish checkpoint uploads, wait for every process and leave the process group (so N processes exit 0)."""
         acc = self.accelerator
+        if self.checkpoint_pusher is not None:
+            self.checkpoint_pusher.close()
+            for error in self.checkpoint_pusher.errors:
+                acc.print(f"hubft: warning: a checkpoint upload failed: {error}")
         acc.wait_for_everyone()
         acc.end_training()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -414,13 +353,18 @@ class Finetuner:
         }
 
     def resolve_resume(self, resume: str) -> Path:
-        """Turn ``train.resume`` (``latest`` or a path) into a verified checkpoint directory.
+        """Turn ``train.resume`` (``latest``, a path or ``hub:owner/name[@branch]``) into a verified checkpoint.
 
         Raises:
             CheckpointError: The named checkpoint is incomplete or corrupt.
             ConfigError: ``latest`` was asked for but there is no complete checkpoint.
         """
         root, acc = Path(self.config.train.output_dir) / "checkpoints", self.accelerator
+        if resume.startswith("hub:"):
+            from hubft.hub.checkpoints import download_checkpoint
+
+            with acc.main_process_first():  # one download into the shared cache, then the others read it
+                return download_checkpoint(resume)
         if resume == "latest":
             if acc.is_main_process:
                 recover_interrupted_checkpoints(root, report=acc.print)
@@ -438,32 +382,18 @@ class Finetuner:
         return path
 
 
-def _check_loss_takes_labels(spec: Any) -> None:
-    """Refuse, before anything is written, a registered loss that needs dense (regression) targets."""
-    from hubft.losses import get_loss_info, list_losses
-
-    registered = set(list_losses())
-    names = [spec] if isinstance(spec, str) else [k for k in spec if isinstance(k, str)] if isinstance(spec, dict) \
-        else []
-    for name in (n for n in names if n in registered and get_loss_info(n).target == "dense"):
-        usable = ", ".join(n for n in sorted(registered) if get_loss_info(n).target != "dense")
-        raise ConfigError(f"loss {name!r} compares the output with a target of its own shape (regression), but "
-                          "the data has class labels", fix=f"use a classification loss: {usable}")
-
-
-def _check_no_batch_of_one(model: nn.Module, examples: int, batch_size: int, processes: int) -> None:
-    """A last batch of one image makes BatchNorm fail mid-epoch: refuse it now, suggesting a batch size that works.
-
-    Several processes never see one (Accelerate completes every process's last batch); one process does when
-    ``examples % batch_size == 1``.
-    """
-    if processes > 1 or examples % batch_size != 1 or batch_size == 1 or \
-            not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return
-    near = min((b for b in range(2, 2 * batch_size + 2) if examples % b != 1), key=lambda b: abs(b - batch_size))
-    raise ConfigError(f"train.batch_size = {batch_size} leaves a last batch of 1 image ({examples} training "
-                      "examples), which the model's BatchNorm layers cannot train on",
-                      fix=f"set train.batch_size to e.g. {near}")
+def _flat(data: dict, prefix: str = "", *, scalars_only: bool = False) -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; with ``scalars_only`` lists and None become strings (tracker hparams)."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}/", scalars_only=scalars_only))
+        elif not scalars_only or isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
 
 
 def _use_channels_last(model: nn.Module, setting: bool | str) -> bool:

@@ -80,6 +80,8 @@ class TrainLoop:
         if acc.is_main_process:
             prune_checkpoints(root, ft.config.train.keep_checkpoints)
             fault_point("checkpoint_after_prune")
+            if ft.checkpoint_pusher is not None:
+                ft.checkpoint_pusher.submit(path)  # uploads in the background; the loop goes on at once
         self._saved = (s.update, s.epoch, s.batches_in_epoch)
         return path
 
@@ -163,8 +165,10 @@ class TrainLoop:
         torch.manual_seed(mix_seed(c.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
         if ft.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.mixup is not None and (c.data.mixup_off_epoch is None or epoch < c.data.mixup_off_epoch):
-            x, y = self.mixup(x, y, mix_seed(c.train.seed, 2, epoch, s.batches_in_epoch, acc.process_index))
+        if self.mixup is not None:
+            # Seeded by the step alone: every process mixes its shard with the same lam and box, as one global batch
+            # would be. From data.mixup_off_epoch on, images are kept but targets stay soft (and smoothed).
+            x, y = self.mixup(x, y, mix_seed(c.train.seed, 2, epoch, s.batches_in_epoch), epoch=epoch)
         if self._inputs is not None:
             self._inputs.update(x.detach().cpu().contiguous().numpy().tobytes())
             self._inputs.update(y.detach().cpu().contiguous().numpy().tobytes())

@@ -57,6 +57,7 @@ class OutputWriter:
     def __init__(self, root: Path, *, is_main: bool) -> None:
         self.root = root
         self.is_main = is_main
+        self.tracker = None  # Accelerator.log when train.log_with is set
 
     @property
     def log_path(self) -> Path:
@@ -68,6 +69,13 @@ class OutputWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            from hubft.train.finetune import _flat
+
+            kind = record.get("type", "step")
+            values = {k: v for k, v in _flat(record, f"{kind}/").items() if isinstance(v, (int, float))
+                      and not isinstance(v, bool) and not k.endswith(("/step", "/epoch"))}
+            self.tracker(values, step=record.get("step"))
 
     def read_log(self) -> list[dict]:
         if not self.log_path.is_file():

@@ -247,7 +247,7 @@ def test_checkpoints_pushed_in_the_background_resume_the_run_exactly(e2e, hub, t
     local = download_checkpoint(f"hub:{e2e.out_repo}@{commits[1].commit_id}")
     assert local.name == first.name
     config = copy.deepcopy(e2e.config)
-    config["train"].update(output_dir=str(tmp_path / "resumed"), resume=str(local))
+    config["train"].update(output_dir=str(tmp_path / "resumed"), resume=f"hub:{e2e.out_repo}@{commits[1].commit_id}")
     config["hub"]["push"] = False
     try:
         hubft.finetune(config)
@@ -299,3 +299,21 @@ def test_a_run_whose_push_fails_keeps_its_output_and_hubft_push_finishes_it(e2e,
     assert repo_id in capsys.readouterr().out
     pulled = hubft.pull_from_hub(repo_id, tmp_path / "pulled")
     assert (pulled / "model.safetensors").read_bytes() == (tmp_path / "run" / "model.safetensors").read_bytes()
+
+
+def test_hub_push_checkpoints_uploads_each_checkpoint_to_the_branch(e2e, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    monkeypatch.setenv("HF_TOKEN", e2e.canary)
+    config = copy.deepcopy(e2e.config)
+    config["train"].update(output_dir=str(tmp_path / "run"), checkpoint_every=1)
+    config["hub"].update(push=False, push_checkpoints=True, checkpoint_branch="auto-ckpt")
+    try:
+        hubft.finetune(config)
+    finally:
+        _reset_accelerate()
+    titles = [c.title for c in e2e.api.list_repo_commits(e2e.out_repo, revision="auto-ckpt")]
+    assert any(t.startswith("Checkpoint step-") for t in titles)
+    newest = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step-"))[-1]
+    assert hubft.download_checkpoint(f"hub:{e2e.out_repo}@auto-ckpt").name == newest

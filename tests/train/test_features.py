@@ -61,3 +61,41 @@ def test_single_process_cpu_launch_is_warned(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     _warn_single_process_cpu_launch()
     assert capsys.readouterr().out == ""
+
+
+def test_log_with_sends_step_and_epoch_records_to_accelerate_trackers(tmp_path, tiny_dataset, make_config,
+                                                                      monkeypatch):
+    import accelerate
+    from accelerate.tracking import GeneralTracker
+
+    class Recorder(GeneralTracker):
+        name = "recorder"
+        requires_logging_directory = False
+
+        def __init__(self):
+            super().__init__()
+            self.config, self.logs = None, []
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.logs.append((step, values))
+
+    recorder = Recorder()
+    real = accelerate.Accelerator
+
+    class WithRecorder(real):
+        def __init__(self, *args, log_with=None, **kwargs):
+            super().__init__(*args, log_with=[recorder] if log_with == "recorder" else log_with, **kwargs)
+
+    monkeypatch.setattr(accelerate, "Accelerator", WithRecorder)
+    hubft.finetune(make_config(tmp_path / "run", train={"epochs": 1, "log_with": "recorder"}), dataset=tiny_dataset)
+    assert recorder.config["optim/lr"] == 0.01
+    steps = [s for s, v in recorder.logs if "step/loss" in v]
+    assert steps == list(range(1, len(steps) + 1)) and steps
+    assert any("epoch/eval/accuracy" in v for _, v in recorder.logs)
