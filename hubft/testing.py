@@ -1,4 +1,4 @@
-"""Test helpers: a local Hub-compatible server with fault injection.
+"""Test helpers: a local Hub-compatible server with fault injection, and a reset between in-process runs.
 
 Examples:
     >>> from hubft.testing import FaultPlan, LocalHub
@@ -8,4 +8,21 @@ Examples:
 
 from hubft.hub.server import FaultPlan, LocalHub, LoggedRequest, list_fault_kinds
 
-__all__ = ["FaultPlan", "LocalHub", "LoggedRequest", "list_fault_kinds"]
+__all__ = ["FaultPlan", "LocalHub", "LoggedRequest", "list_fault_kinds", "reset_process_state"]
+
+
+def reset_process_state() -> None:
+    """Make the next in-process run start clean: Accelerate's process-wide singletons and hubft's fault counters.
+
+    Accelerate keeps its state (device, mixed precision, gradient accumulation) in singletons that a second
+    ``Accelerator`` in the same process would otherwise inherit; tests and notebooks that run several fine-tunes
+    in one process call this between them.
+    """
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from hubft.faults import reset_fault_counts
+
+    reset_fault_counts()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

@@ -27,6 +27,7 @@ from hubft.errors import HubError, WeightsError
 from hubft.hub._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
 from hubft.hub.card import PLOTS, write_model_card
 from hubft.hub.repo_id import check_repo_id
+from hubft.train.checkpoint import sha256_file
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -170,14 +171,6 @@ def _git_blob_sha(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _remote_matches(api: HfApi, repo_id: str, revision: str, staging: Path) -> bool:
     """Whether ``revision`` holds every staged file with the same content."""
     names = sorted(p.name for p in staging.iterdir())
@@ -187,7 +180,7 @@ def _remote_matches(api: HfApi, repo_id: str, revision: str, staging: Path) -> b
         if info is None:
             return False
         lfs = getattr(info, "lfs", None)
-        same = lfs.sha256 == _sha256(staging / name) if lfs else info.blob_id == _git_blob_sha(staging / name)
+        same = lfs.sha256 == sha256_file(staging / name) if lfs else info.blob_id == _git_blob_sha(staging / name)
         if not same:
             return False
     return True

@@ -76,7 +76,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -141,7 +142,7 @@ def write_checkpoint(
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
             manifest = {
                 "step": step,
-                "files": {str(p.relative_to(tmp)): {"sha256": _sha256(p), "size": p.stat().st_size} for p in files},
+                "files": {str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in files},
             }
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
             _fsync_dir(tmp)
@@ -215,7 +216,7 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
                 f"checkpoint file {str(f)!r} is truncated or altered ({size} bytes, expected {meta['size']})",
                 fix="resume from another checkpoint",
             )
-        if _sha256(f) != meta["sha256"]:
+        if sha256_file(f) != meta["sha256"]:
             raise CheckpointError(
                 f"checkpoint file {str(f)!r} is corrupt (SHA-256 does not match the manifest)",
                 fix="resume from another checkpoint",

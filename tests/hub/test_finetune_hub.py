@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import hubft
+from hubft.testing import reset_process_state
 from hubft.hub.card import PLOTS
 from hubft.hub.push import push_to_hub
 
@@ -53,12 +54,6 @@ def _capture_everything():
             lg.setLevel(level)
 
 
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +97,7 @@ def e2e(local_hub, tmp_path_factory):
         try:
             result = hubft.finetune(config)
         finally:
-            _reset_accelerate()
+            reset_process_state()
     return SimpleNamespace(hub=hub, canary=canary, api=api, base_repo=base_repo, data_repo=data_repo,
                            out_repo=out_repo, out=out, config=config, result=result, captured=captured.getvalue(),
                            labels=dataset.features["label"].names)
@@ -252,7 +247,7 @@ def test_checkpoints_pushed_in_the_background_resume_the_run_exactly(e2e, hub, t
     try:
         hubft.finetune(config)
     finally:
-        _reset_accelerate()
+        reset_process_state()
 
     def sha(path):
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -287,7 +282,7 @@ def test_a_run_whose_push_fails_keeps_its_output_and_hubft_push_finishes_it(e2e,
         with pytest.raises(HubError, match="kept failing") as err:
             hubft.finetune(config)
     finally:
-        _reset_accelerate()
+        reset_process_state()
         hub.set_faults(None)
     assert f"hubft push {tmp_path / 'run'} {repo_id}" in str(err.value)
     assert len(sleeps) == RetryPolicy().max_retries
@@ -312,7 +307,7 @@ def test_hub_push_checkpoints_uploads_each_checkpoint_to_the_branch(e2e, hub, tm
     try:
         hubft.finetune(config)
     finally:
-        _reset_accelerate()
+        reset_process_state()
     titles = [c.title for c in e2e.api.list_repo_commits(e2e.out_repo, revision="auto-ckpt")]
     assert any(t.startswith("Checkpoint step-") for t in titles)
     newest = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step-"))[-1]

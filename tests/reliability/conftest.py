@@ -42,15 +42,11 @@ UPDATES = 10
 @pytest.fixture(autouse=True)
 def _fresh_process_state():
     """In-process runs share Accelerate's singletons and the fault counters: each test starts clean."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from hubft.testing import reset_process_state
 
-    from hubft.faults import reset_fault_counts
-
-    reset_fault_counts()
+    reset_process_state()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_process_state()
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +145,7 @@ def reference(tmp_path_factory, make_config, hubft_cli) -> Path:
 def finished_run(tmp_path_factory, images) -> Path:
     """A finished run made in-process (quicker than ``reference``; for tests that need checkpoints, not exactness)."""
     import hubft
-    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from hubft.testing import reset_process_state
 
     cfg = copy.deepcopy(BASE)
     cfg["data"]["path"] = str(images)
@@ -157,9 +153,7 @@ def finished_run(tmp_path_factory, images) -> Path:
     try:
         hubft.finetune(cfg)
     finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+        reset_process_state()
     return Path(cfg["train"]["output_dir"])
 
 

@@ -8,17 +8,13 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
+def _fresh_process_state():
     """Accelerate keeps process-wide singletons; each in-process run starts from a clean one."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from hubft.testing import reset_process_state
 
-    from hubft.faults import reset_fault_counts
-
-    reset_fault_counts()
+    reset_process_state()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_process_state()
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import hubft
+from hubft.testing import reset_process_state
 from hubft.errors import ConfigError
-from hubft.faults import FaultInjected, reset_fault_counts
+from hubft.faults import FaultInjected
 from hubft.train.mixing import BatchMixing, check_mixing_loss
 from hubft.train.sampler import mix_seed
 
@@ -46,12 +47,6 @@ def learnable():
     return make_synthetic_image_dataset(num_classes=4, per_class=32, size=16, seed=0)
 
 
-def _reset_accelerate() -> None:
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def _set_up(cfg: dict, dataset) -> hubft.Finetuner:
@@ -252,15 +247,14 @@ def test_resume_with_augmentation_and_mixing_is_bit_identical(tmp_path, tiny_dat
     )
     straight = make_config(tmp_path / "straight", **sections)
     hubft.finetune(straight, dataset=tiny_dataset)
-    _reset_accelerate()
+    reset_process_state()
 
     interrupted = make_config(tmp_path / "resumed", **sections)
     monkeypatch.setenv("HUBFT_FAULT", "after_optimizer_step@3:raise")
     with pytest.raises(FaultInjected):
         hubft.finetune(interrupted, dataset=tiny_dataset)
     monkeypatch.delenv("HUBFT_FAULT")
-    reset_fault_counts()
-    _reset_accelerate()
+    reset_process_state()
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-00000002"]
     interrupted["train"]["resume"] = "latest"
     hubft.finetune(interrupted, dataset=tiny_dataset)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import hubft
+from hubft.testing import reset_process_state
 from hubft.errors import CheckpointError, ConfigError
-from hubft.faults import FaultInjected, reset_fault_counts
+from hubft.faults import FaultInjected
 
 
 def _sha(path) -> str:
@@ -66,8 +67,7 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, tiny_dataset, make_config, 
     with pytest.raises(FaultInjected):
         hubft.finetune(interrupted, dataset=tiny_dataset)
     monkeypatch.delenv("HUBFT_FAULT")
-    reset_fault_counts()
-    _reset_accelerate()
+    reset_process_state()
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-00000004",
                                                                                         "step-00000006"]
     interrupted["train"]["resume"] = "latest"
@@ -80,18 +80,12 @@ def test_mid_epoch_resume_is_bit_identical(tmp_path, tiny_dataset, make_config, 
     assert ma["history"] == mb["history"]
 
 
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_dataset, make_config):
     cfg = make_config(tmp_path / "run", train={"epochs": 1, "max_updates": 2, "checkpoint_every": 1})
     hubft.finetune(cfg, dataset=tiny_dataset)
-    _reset_accelerate()
+    reset_process_state()
     cfg["train"]["resume"] = "latest"
     cfg["train"]["batch_size"] = 4
     with pytest.raises(CheckpointError, match="train.batch_size"):
