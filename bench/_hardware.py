@@ -1,0 +1,107 @@
+"""Ratio 6: do hubft's defaults use the hardware? Defaults vs a naive loop, bf16, and FLOP/s vs a GEMM.
+
+- hubft with every default (channels-last chosen automatically for conv nets, fp32) vs the naive plain loop that
+  most scripts start as (contiguous NCHW, fp32). A plain loop with channels-last is in the same rotation, to show
+  how much of the gap is the memory format alone.
+- ``train.mixed_precision: bf16`` vs hubft's default fp32 (CPU autocast; worth it only where the CPU has bf16
+  instructions, e.g. AVX512-BF16 / AMX).
+- Achieved training FLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode, over hubft's measured
+  step time) as a fraction of an fp32 GEMM measured in the same rotation: how close the step gets to what the
+  cores can do at all. The GEMM runs through oneDNN (as a 1x1 convolution), the library that runs the model's
+  convolutions: on this AMD CPU torch.mm (MKL) reaches only about half of oneDNN's rate, and would flatter us.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from bench._timing import Row, interleave, speed_row
+from bench._train import Case, HubftRun, PlainLoop, create_model, memory_batches
+
+# Conv nets, where hubft picks channels-last (mobilenet's depthwise convolutions gain the most from it).
+CASES = [Case("resnet18", 224, 8), Case("mobilenetv3_large_100", 224, 16)]
+QUICK_CASES = [Case("resnet18", 64, 16)]
+GEMM_SIZE, GEMM_COUNT = 1024, 40  # 1024^3 multiply-adds, 40 times: about as long as a repetition of the model
+
+
+class Gemm:
+    """The reference of what the cores can do: fp32 GEMMs of 1024 x 1024 x 1024 through oneDNN, all threads."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        # A 1x1 convolution over a 32x32 channels-last map is exactly a (1024 x 1024) @ (1024 x 1024) GEMM.
+        self.x = torch.randn(1, GEMM_SIZE, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+        self.w = torch.randn(GEMM_SIZE, GEMM_SIZE, 1, 1, generator=g).contiguous(memory_format=torch.channels_last)
+        self.flops = 2 * GEMM_SIZE**3 * GEMM_COUNT
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for _ in range(GEMM_COUNT):
+            F.conv2d(self.x, self.w)
+
+
+def training_flops(case: Case, device: torch.device) -> float:
+    """Forward + backward FLOPs of one update (the optimizer's elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(case, device, channels_last=False)
+    x, y = memory_batches(case, device)[0]
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return float(counter.get_total_flops())
+
+
+def autocast_dtype(run: HubftRun) -> torch.dtype:
+    """The dtype the first convolution actually computes in: proof that the bf16 setting took effect."""
+    conv = next(m for m in run.ft.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    seen = []
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    run.ft.model.eval()
+    with torch.no_grad():
+        run.ft.model(torch.zeros(2, 3, 64, 64))
+    run.ft.model.train()
+    handle.remove()
+    return seen[0]
+
+
+def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
+    batches = memory_batches(case, device)
+    hubft_fp32 = HubftRun(case, device)
+    hubft_bf16 = HubftRun(case, device, mixed_precision="bf16")
+    if autocast_dtype(hubft_bf16) != torch.bfloat16 or autocast_dtype(hubft_fp32) != torch.float32:
+        raise RuntimeError("the bf16 / fp32 hubft runs do not compute in the precision they were set up with")
+    naive = PlainLoop(case, batches, device, channels_last=False)
+    plain_cl = PlainLoop(case, batches, device, channels_last=True)
+    gemm = Gemm()
+    times = interleave({"naive": naive, "plain_channels_last": plain_cl, "hubft": hubft_fp32,
+                        "hubft_bf16": hubft_bf16, "gemm": gemm}, reps)
+
+    flops = training_flops(case, device) * case.updates
+    # Per pair: (training FLOP/s) / (GEMM FLOP/s) = (flops / t_hubft) / (gemm.flops / t_gemm).
+    fraction = [flops * tg / (gemm.flops * th) for th, tg in zip(times["hubft"], times["gemm"])]
+    achieved = statistics.median(flops / t for t in times["hubft"]) / 1e9
+    reference = statistics.median(gemm.flops / t for t in times["gemm"]) / 1e9
+    cl = hubft_fp32.channels_last
+    label = case.label
+    return [
+        speed_row(times, "hubft", "naive", bench="6 hardware", metric="hubft defaults / naive fp32 NCHW loop",
+                  case=f"{label} (hubft chose {'channels-last' if cl else 'contiguous'})", target=1.15),
+        speed_row(times, "plain_channels_last", "naive", bench="6 hardware",
+                  metric="channels-last alone (plain loops)", case=label),
+        speed_row(times, "hubft_bf16", "hubft", bench="6 hardware", metric="hubft bf16 / hubft fp32", case=label),
+        Row(bench="6 hardware", metric="training FLOP/s / fp32 GEMM FLOP/s", case=f"{label} (hubft defaults)",
+            value=statistics.median(fraction), low=min(fraction), high=max(fraction), pairs=len(fraction),
+            unit="of GEMM", detail={"gflop_per_update": flops / case.updates / 1e9,
+                                    "achieved_gflops_median": achieved, "gemm_gflops_median": reference}),
+    ]
+
+
+def run(reps: int, quick: bool, device: torch.device) -> list[Row]:
+    rows = []
+    for case in QUICK_CASES if quick else CASES:
+        print(f"  hardware: {case.label}", flush=True)
+        rows += measure(case, device, reps)
+    return rows

@@ -1,0 +1,324 @@
+"""Ratios 1-2: hubft's real training loop vs a hand-written PyTorch loop and vs a plain Accelerate loop.
+
+Every side trains the same model (made by ``hubft.create_model``), with the same AdamW parameter groups, batch,
+memory format and precision, for K optimizer updates per repetition. The plain loops read batches already in
+memory; hubft runs ``Finetuner.loop.train_epoch`` on an in-memory ``datasets.Dataset`` exactly as a user's run
+does (its decoded-once uint8 cache, its seeded per-item augmentation, Accelerate, logging, finite checks). So a
+ratio below 1 is everything hubft adds on top of the bare step. A fourth side runs the same ``train_epoch`` on the
+plain loops' own tensors, to tell what the loop costs from what the input path (augmentation) costs.
+
+The building blocks (cases, the three loops) are reused by the pipeline and hardware benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench._timing import Row, interleave, quiet, speed_row
+
+NUM_CLASSES = 8
+LR, WEIGHT_DECAY = 1e-3, 0.05  # hubft's defaults (OptimConfig), written out for the plain loops
+EPOCHS = 1000  # only sets the length of the cosine schedule: the LR stays near its peak during the benchmark
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    size: int
+    batch: int
+    # Optimizer updates per repetition: short repetitions pair better on a noisy machine (both sides of a pair see
+    # the same load), and hubft's fixed cost per epoch is about 0.25 ms, so short epochs do not penalise it.
+    updates: int = 2
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} @ {self.size} px, batch {self.batch}"
+
+
+CPU_CASES = [
+    Case("resnet18", 64, 32),
+    Case("resnet18", 224, 8),
+    Case("vit_tiny_patch16_224", 224, 8),
+    Case("mobilenetv3_large_100", 224, 16),
+]
+QUICK_CPU_CASES = [Case("resnet18", 64, 16), Case("test_vit", 160, 8)]
+# On a GPU: bf16 + channels-last, batches large enough to keep the card busy.
+GPU_CASES = [
+    Case("resnet50", 224, 128, updates=8),
+    Case("resnet18", 224, 256, updates=8),
+    Case("vit_small_patch16_224", 224, 128, updates=8),
+]
+
+
+def label_names() -> list[str]:
+    from hubft.data import synthetic_class_names
+
+    return synthetic_class_names(NUM_CLASSES)
+
+
+def memory_batches(case: Case, device: torch.device, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """K normalised NCHW batches and labels, already on ``device``: the "data in memory" of the plain loops."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(case.batch, 3, case.size, case.size, generator=g).to(device),
+             torch.randint(0, NUM_CLASSES, (case.batch,), generator=g).to(device)) for _ in range(case.updates)]
+
+
+def image_dataset(count: int, size: int, seed: int = 0):
+    """A ``DatasetDict`` of ``count`` synthetic train images (PNG in Arrow, as a Hub dataset holds them) + a tiny
+    eval split, which hubft needs but the benchmark never evaluates."""
+    import datasets
+    from hubft.data import make_synthetic_image_dataset
+
+    train = make_synthetic_image_dataset(NUM_CLASSES, math.ceil(count / NUM_CLASSES), size, seed)
+    return datasets.DatasetDict(train=train.shuffle(seed=seed).select(range(count)),
+                                test=make_synthetic_image_dataset(NUM_CLASSES, 1, size, seed + 1))
+
+
+def create_model(case: Case, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    import hubft
+
+    model = hubft.create_model(case.model, label_names=label_names(), pretrained=False, head_init_seed=0)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def create_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    from hubft.optim import param_groups
+
+    # The same decay / no-decay split hubft uses; a hand-written loop would write the same two groups.
+    return torch.optim.AdamW(param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def use_mixed_precision(mixed_precision: str) -> None:
+    """Let the next ``Accelerator`` use ``mixed_precision`` in this process.
+
+    Accelerate keeps its state in a process-wide singleton and refuses a second precision. Only the bf16 side of
+    the hardware benchmark needs a different one; objects prepared earlier keep their own autocast wrapper (the
+    training loop reads nothing else from that state on CPU/bf16), so resetting between constructions is safe
+    here. Benchmark-only: a real run has one precision.
+    """
+    from accelerate.state import AcceleratorState, is_initialized
+
+    if is_initialized() and AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
+
+
+class PlainLoop:
+    """The hand-written reference: the loop of the PyTorch tutorials, with the same model, groups and batch."""
+
+    def __init__(self, case: Case, batches: list, device: torch.device, *, channels_last: bool,
+                 amp: torch.dtype | None = None) -> None:
+        self.batches, self.device, self.channels_last, self.amp = batches, device, channels_last, amp
+        self.model = create_model(case, device, channels_last)
+        self.optimizer = create_optimizer(self.model)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=EPOCHS * case.updates)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self) -> None:
+        self.model.train()
+        for x, y in self.batches:
+            self.step(x, y)
+        synchronize(self.device)
+
+
+class AccelerateLoop:
+    """Accelerate's ``examples/cv_example.py`` loop over the same in-memory tensors (a TensorDataset loader)."""
+
+    def __init__(self, case: Case, batches: list, device: torch.device, *, channels_last: bool,
+                 mixed_precision: str) -> None:
+        from accelerate import Accelerator
+
+        use_mixed_precision(mixed_precision)
+        self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
+        self.device, self.channels_last = device, channels_last
+        model = create_model(case, device, channels_last)
+        optimizer = create_optimizer(model)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS * case.updates)
+        data = torch.utils.data.TensorDataset(torch.cat([x.cpu() for x, _ in batches]),
+                                              torch.cat([y.cpu() for _, y in batches]))
+        loader = torch.utils.data.DataLoader(data, batch_size=case.batch, shuffle=True)
+        self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
+            model, optimizer, loader, scheduler)
+
+    def __call__(self) -> None:
+        self.model.train()
+        for x, y in self.loader:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(self.model(x), y)
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        synchronize(self.device)
+
+
+class _TimedLoader:
+    """Wraps hubft's prepared train loader, adding up the time the loop waits for batches (the input path)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader, self.seconds = loader, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.seconds += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
+
+
+class _MemoryBatches:
+    """Stands in for hubft's loader with batches already in memory: hubft's loop with no input path at all."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+class HubftRun:
+    """A real ``hubft.Finetuner``; one call = one ``train_epoch`` of exactly ``case.updates`` updates."""
+
+    def __init__(self, case: Case, device: torch.device, *, dataset=None, config: dict | None = None,
+                 mixed_precision: str = "no", batches: list | None = None) -> None:
+        import hubft
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="hubft-bench-")
+        base = {
+            "model": {"name": case.model, "pretrained": False},
+            "data": {"image_size": case.size, "eval_split": "test"},
+            "train": {"batch_size": case.batch, "epochs": EPOCHS, "output_dir": str(Path(self.tmp.name) / "run"),
+                      "mixed_precision": mixed_precision, "cpu": device.type == "cpu"},
+        }
+        for section, values in (config or {}).items():
+            base[section] = base.get(section, {}) | values
+        if dataset is None and "path" not in base["data"]:
+            dataset = image_dataset(case.batch * case.updates, case.size)
+        use_mixed_precision(mixed_precision)
+        self.ft = hubft.Finetuner(base, dataset=dataset)
+        start = time.perf_counter()
+        with quiet():
+            self.ft.setup()
+        self.setup_seconds = time.perf_counter() - start
+        if len(self.ft.train_dl) != case.updates:
+            raise RuntimeError(f"hubft's epoch has {len(self.ft.train_dl)} batches, expected {case.updates}")
+        # Instrumentation only: the loop iterates whatever ft.train_dl is (it calls set_epoch and len on it).
+        if batches is not None:
+            self.ft.train_dl = _MemoryBatches(batches)
+        else:
+            self.ft.train_dl = _TimedLoader(self.ft.train_dl)
+        self.device = device
+        self.epoch = 0
+        self.data_seconds: list[float] = []
+
+    @property
+    def channels_last(self) -> bool:
+        return self.ft.channels_last
+
+    def __call__(self) -> None:
+        loop, loader = self.ft.loop, self.ft.train_dl
+        # Each repetition is a fresh epoch (end_epoch would also evaluate and checkpoint, which is not training).
+        loop.state.batches_in_epoch, loop.state.epoch_loss_sum = 0, 0.0
+        before = getattr(loader, "seconds", 0.0)
+        with quiet():
+            loop.train_epoch(self.epoch)
+        synchronize(self.device)
+        self.data_seconds.append(getattr(loader, "seconds", 0.0) - before)
+        self.epoch += 1
+
+
+def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = False) -> list[Row]:
+    """Ratios 1 and 2 for one case; the same rounds also give the share of hubft's time spent on its input path.
+
+    ``noise_floor`` adds a second, identical plain loop to the rotation: how far from 1.0 the ratio of two equal
+    sides lands in this run tells how much a line's distance from its target can be trusted.
+    """
+    gpu = device.type == "cuda"
+    mixed_precision = "bf16" if gpu else "no"
+    hubft_run = HubftRun(case, device, mixed_precision=mixed_precision)
+    batches = memory_batches(case, device)
+    # Like for like: the plain loops use the memory format hubft chose for this model.
+    cl = hubft_run.channels_last
+    plain = PlainLoop(case, batches, device, channels_last=cl, amp=torch.bfloat16 if gpu else None)
+    accelerate_loop = AccelerateLoop(case, batches, device, channels_last=cl, mixed_precision=mixed_precision)
+    loop_only = HubftRun(case, device, mixed_precision=mixed_precision, batches=batches)
+    sides = {"plain": plain, "accelerate": accelerate_loop, "hubft": hubft_run, "hubft_loop": loop_only}
+    if noise_floor:
+        sides["plain_again"] = PlainLoop(case, batches, device, channels_last=cl, amp=torch.bfloat16 if gpu else None)
+    times = interleave(sides, reps)
+
+    data = hubft_run.data_seconds[-reps:]  # warm-up calls come first
+    images = case.batch * case.updates
+    setting = f"{'bf16' if gpu else 'fp32'}, {'channels-last' if cl else 'contiguous'}"
+    detail = {"channels_last": cl, "updates_per_rep": case.updates, "setting": setting,
+              "hubft_data_share_median": statistics.median(d / t for d, t in zip(data, times["hubft"])),
+              # What hubft adds per optimizer update, in ms: the whole run, and the loop alone.
+              "extra_ms_per_update[hubft]": statistics.median(
+                  (h - p) * 1e3 / case.updates for h, p in zip(times["hubft"], times["plain"])),
+              "extra_ms_per_update[hubft_loop]": statistics.median(
+                  (h - p) * 1e3 / case.updates for h, p in zip(times["hubft_loop"], times["plain"])),
+              "images_per_s_median[hubft]": images / statistics.median(times["hubft"]),
+              "images_per_s_median[plain]": images / statistics.median(times["plain"]),
+              "hubft_setup_s": hubft_run.setup_seconds}
+    where = "GPU " if gpu else ""
+    rows = []
+    if noise_floor:
+        rows.append(speed_row(times, "plain_again", "plain", bench=f"1 {where}throughput",
+                              metric="plain / identical plain (noise floor)", case=f"{case.label} ({setting})"))
+    return rows + [
+        speed_row(times, "hubft", "plain", bench=f"1 {where}throughput",
+                  metric="hubft (in-memory Dataset) / plain PyTorch", case=f"{case.label} ({setting})", target=0.98,
+                  detail=detail),
+        speed_row(times, "hubft_loop", "plain", bench=f"1 {where}throughput",
+                  metric="hubft loop on the same tensors / plain", case=f"{case.label} ({setting})", target=0.98),
+        speed_row(times, "hubft", "accelerate", bench=f"2 {where}throughput", metric="hubft / plain Accelerate",
+                  case=f"{case.label} ({setting})", target=0.99),
+    ]
+
+
+def run(reps: int, quick: bool, device: torch.device) -> list[Row]:
+    cases = GPU_CASES if device.type == "cuda" else QUICK_CPU_CASES if quick else CPU_CASES
+    rows = []
+    for i, case in enumerate(cases):
+        print(f"  train: {case.label}", flush=True)
+        rows += measure(case, device, reps, noise_floor=i == 0)
+    return rows
