@@ -99,3 +99,12 @@ def test_log_with_sends_step_and_epoch_records_to_accelerate_trackers(tmp_path, 
     steps = [s for s, v in recorder.logs if "step/loss" in v]
     assert steps == list(range(1, len(steps) + 1)) and steps
     assert any("epoch/eval/accuracy" in v for _, v in recorder.logs)
+
+
+@pytest.mark.parametrize("name,expected", [("resnet10t", True), ("mobilenetv3_small_050", True), ("test_vit", False)])
+def test_channels_last_auto_picks_convolutional_backbones(name, expected):
+    from hubft.train.finetune import _use_channels_last
+
+    model = hubft.create_model(name, num_classes=3, pretrained=False)
+    assert _use_channels_last(model, "auto") is expected
+    assert _use_channels_last(model, False) is False and _use_channels_last(model, True) is True
