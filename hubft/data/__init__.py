@@ -9,7 +9,7 @@
 - :func:`make_synthetic_image_dataset` / :func:`write_image_folder` build tiny learnable datasets for smoke tests.
 """
 
-from hubft.data._dataset import ImageClassificationDataset
+from hubft.data._dataset import ImageClassificationDataset, preserve_global_rngs
 from hubft.data._hosts import disable_datasets_extra_hosts
 from hubft.data._sources import DataBundle, DataSource, load_data
 from hubft.data._synthetic import make_synthetic_image_dataset, synthetic_class_names, write_image_folder
@@ -24,6 +24,7 @@ __all__ = [
     "disable_datasets_extra_hosts",
     "load_data",
     "make_synthetic_image_dataset",
+    "preserve_global_rngs",
     "synthetic_class_names",
     "to_rgb",
     "write_image_folder",

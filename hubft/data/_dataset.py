@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Callable, Literal
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import datasets
 import numpy as np
 import torch
+from datasets.utils.file_utils import is_local_path
 from PIL import Image
 
 from hubft.data._transforms import ImageTransform
@@ -18,10 +21,37 @@ from hubft.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from hubft.data._sources import DataBundle
 
-__all__ = ["ImageClassificationDataset"]
+__all__ = ["ImageClassificationDataset", "preserve_global_rngs"]
 
 # cache="auto" decodes up front only when the uint8 cache stays under this size.
 CACHE_AUTO_MAX_BYTES = 512 * 2**20
+# Rows per Arrow batch read by ImageClassificationDataset.check_images (bounds the image bytes held at once).
+_CHECK_BATCH_ROWS = 256
+
+
+_preserving = threading.local()
+
+
+@contextmanager
+def preserve_global_rngs() -> Iterator[None]:
+    """Save torch's CPU, Python's and NumPy's global RNG states on entry and restore them on exit.
+
+    Loading data in the training process (``num_workers=0``) must not disturb the model's own randomness. Saving
+    and restoring NumPy's state costs ~50 us, so a loader that reads a whole batch wraps the batch in this once;
+    items read inside it skip their own per-item save/restore. Nests (only the outermost level restores).
+    """
+    if getattr(_preserving, "active", False):
+        yield
+        return
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    _preserving.active = True
+    try:
+        yield
+    finally:
+        _preserving.active = False
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
 
 
 @contextmanager
@@ -31,11 +61,12 @@ def _python_and_numpy_follow_torch() -> Iterator[None]:
     timm's crops and policies draw from Python's and NumPy's global RNGs, which DataLoader re-seeds per worker
     but nothing re-seeds in the main process; drawing their seed from torch makes every augmentation a function
     of torch's RNG state alone, in workers and in the main process alike. In the main process the previous states
-    are restored afterwards, so callers' own use of ``random`` is undisturbed; a worker's RNGs are its own, and
-    skipping the save/restore there (NumPy's alone costs ~100 us) keeps the per-item overhead small.
+    are restored afterwards (unless an enclosing :func:`preserve_global_rngs` does it once for a whole batch), so
+    callers' own use of ``random`` is undisturbed; a worker's RNGs are its own, and skipping the save/restore there
+    keeps the per-item overhead small.
     """
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    restore = torch.utils.data.get_worker_info() is None
+    restore = torch.utils.data.get_worker_info() is None and not getattr(_preserving, "active", False)
     if restore:
         python_state, numpy_state = random.getstate(), np.random.get_state()
     random.seed(seed)
@@ -63,14 +94,20 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     ``__getitem__`` only runs ``transform.cache_finish`` (tensor augmentation and normalisation). For an eval
     transform the items are bit-identical to the uncached ones; for a train transform the random crop works on
     the shrunken image. ``cache="auto"`` caches when ``transform`` is an :class:`ImageTransform` and the cache
-    would take at most 512 MiB (``CACHE_AUTO_MAX_BYTES``); ``False`` never caches.
+    would take at most 512 MiB (``CACHE_AUTO_MAX_BYTES``); ``False`` never caches. Without the cache every image
+    is still checked here, cheaply, by :meth:`check_images`, so that an unreadable file stops a run before it
+    writes anything rather than at the first batch that reads it.
+
+    ``split`` names the split in error messages only (``"row 3 of the train split"``).
 
     Raises:
         ConfigError: ``cache=True`` with a transform that is not an :class:`ImageTransform`, a bad ``cache`` value,
             or labels whose shape does not match ``multi_label``, or a multi-label dataset without
             ``num_classes``.
-        DataError: a column is missing or not an image column, a label is out of range, or (here with the cache,
-            else when the item is read) an image file cannot be decoded; the row and file are named.
+        DataError: a column is missing or not an image column, a label is out of range, or an image file cannot
+            be decoded: here (by the cache, else by :meth:`check_images`), except an image whose header and
+            chunks are sound but whose pixel data is not (a truncated JPEG), met when the item is read. The split,
+            row and file are named.
 
     Examples:
         >>> from hubft.data import create_transforms, make_synthetic_image_dataset
@@ -92,6 +129,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         num_classes: int | None = None,
         *,
         cache: bool | Literal["auto"] = "auto",
+        split: str | None = None,
     ) -> None:
         for column in (image_column, label_column):
             if column not in hf_dataset.features:
@@ -106,6 +144,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self.image_column = image_column
         self.label_column = label_column
         self.multi_label = multi_label
+        self.split = split
         self.num_classes = num_classes if num_classes is not None else _class_count(hf_dataset.features[label_column])
         self.labels = self._read_labels(hf_dataset)
         # a format or set_transform left on the dataset would change what indexing returns; items are ours to make
@@ -115,6 +154,8 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self._cache: torch.Tensor | list[torch.Tensor] | None = None
         if self._wants_cache(cache):
             self._cache = self._build_cache()
+        else:
+            self.check_images()
 
     @classmethod
     def from_bundle(
@@ -129,7 +170,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         if split not in ("train", "eval"):
             raise ConfigError(f"split must be 'train' or 'eval', got {split!r}", fix="pass split='train' or 'eval'")
         return cls(getattr(bundle, split), transform, bundle.image_column, bundle.label_column,
-                   bundle.multi_label, bundle.num_classes, cache=cache)
+                   bundle.multi_label, bundle.num_classes, cache=cache, split=split)
 
     @property
     def cached(self) -> bool:
@@ -138,6 +179,38 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def check_images(self) -> None:
+        """Check that every image can be read, without decoding pixels; ``__init__`` calls it when not caching.
+
+        Each image is opened with PIL and ``Image.verify()``-ed: the format is identified and the header parsed;
+        for PNG every chunk is also read and its CRC checked, so a garbage, empty, text, missing or truncated PNG
+        file is found. For JPEG and most other formats ``verify`` parses the header only, so a JPEG cut short in
+        its pixel data passes and fails when its item is read. An image that fails is decoded in full, as
+        ``__getitem__`` would, before it is reported: a file that ``verify`` is stricter about than decoding (a
+        PNG without its end chunk) is accepted, as training would accept it. Files at non-local paths (URLs) are
+        not fetched here; they are checked when read.
+
+        Cost: one open and read of every file, no pixel decoding: about 20 us per 32 px PNG and 60 us per 224 px
+        PNG from the page cache (decoding the latter costs ~550 us), plus the disk read when the files are cold.
+
+        Raises:
+            DataError: An image cannot be decoded; the split, row and file (or "embedded image bytes") are named,
+                with the fix.
+        """
+        row = 0
+        for batch in self._images.with_format("arrow").iter(batch_size=_CHECK_BATCH_ROWS):
+            for value in batch.column(self.image_column).to_pylist():
+                data, path = (value["bytes"], value["path"]) if value is not None else (None, None)
+                if data is not None or (path is not None and is_local_path(path)):
+                    try:
+                        with Image.open(io.BytesIO(data) if data is not None else path) as image:
+                            image.verify()
+                    except Exception:  # PIL raises OSError, SyntaxError, ValueError... depending on the damage
+                        self._decode(row)  # raises the DataError training would meet, if training would meet one
+                elif path is None:
+                    self._decode(row)  # no image at all: raises its DataError
+                row += 1
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         if self._cache is not None:
@@ -174,12 +247,23 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def _decode(self, index: int) -> Image.Image:
         try:
-            return self._images[index][self.image_column]
+            image = self._images[index][self.image_column]
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... depending on the damage
             raw = self._images.cast_column(self.image_column, datasets.Image(decode=False))[index][self.image_column]
             where = raw.get("path") or "embedded image bytes"
-            raise DataError(f"cannot decode the image in row {index} ({where}): {type(error).__name__}: {error}",
-                            fix="replace or remove the unreadable image file") from error
+            # PIL names an in-memory file by its repr, a memory address: say what the error means instead
+            cause = "not an image format PIL recognises" if isinstance(error, Image.UnidentifiedImageError) \
+                else str(error)
+            raise DataError(
+                f"cannot decode the image in {self._row_name(index)} ({where}): {type(error).__name__}: {cause}",
+                fix="replace or remove the unreadable image file, or filter that row out of the dataset") from error
+        if image is None:  # a null cell: datasets returns None, which the transform would fail on
+            raise DataError(f"the image in {self._row_name(index)} is missing (null)",
+                            fix="remove the rows without an image, or filter them out of the dataset")
+        return image
+
+    def _row_name(self, index: int) -> str:
+        return f"row {index} of the {self.split} split" if self.split else f"row {index}"
 
     def _wants_cache(self, cache: bool | str) -> bool:
         if cache is False:

@@ -66,8 +66,11 @@ class EpochSampler(Sampler):
 class SeededDataset(Dataset):
     """Wraps a map-style dataset so that ``ds[(index, seed)]`` transforms with RNGs seeded from ``seed``.
 
-    The global RNG state of the calling process is restored afterwards, so loading data in the training process
-    (``num_workers=0``) does not disturb dropout or any other randomness of the model.
+    Each item seeds torch's CPU generator, Python's and NumPy's global RNGs from its own ``seed``, so the item is
+    the same whichever process, worker or batch reads it. The calling process's RNG states are restored afterwards,
+    so loading data in the training process (``num_workers=0``) does not disturb dropout or any other randomness of
+    the model. A DataLoader reads a batch through :meth:`__getitems__`, which saves and restores those states once
+    per batch instead of once per item (the per-item save/restore cost as much as augmenting a small image).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -79,15 +82,21 @@ class SeededDataset(Dataset):
     def __getitem__(self, key):
         if not isinstance(key, tuple):
             return self.dataset[key]
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list:
+        from hubft.data import preserve_global_rngs
+
+        with preserve_global_rngs():
+            return [self._item(key) for key in keys]
+
+    def _item(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
         index, seed = key
-        # timm's transforms draw from all three RNGs (torch, random, numpy).
-        states = torch.get_rng_state(), random.getstate(), np.random.get_state()
-        try:
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed & 0xFFFFFFFF)
-            return self.dataset[index]
-        finally:
-            torch.set_rng_state(states[0])
-            random.setstate(states[1])
-            np.random.set_state(states[2])
+        # timm's transforms draw from all three RNGs (torch, random, numpy). Only the CPU generator: torch.manual_seed
+        # would also re-seed every accelerator's generator, for each item.
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
+        return self.dataset[index]

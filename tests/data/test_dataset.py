@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 
@@ -134,12 +135,81 @@ def test_corrupt_image_is_named(image_folder, tiny_cfg):
     split = "train" if "broken.png" in str(bundle.train.cast_column("image", datasets.Image(decode=False))["image"]) \
         else "eval"
     tf = create_transforms(tiny_cfg, training=False)
-    with pytest.raises(DataError, match=r"cannot decode the image in row \d+ \(.*broken\.png\)") as info:
-        ImageClassificationDataset.from_bundle(bundle, split, tf, cache=True)
-    assert "Fix:" in str(info.value)
-    lazy = ImageClassificationDataset.from_bundle(bundle, split, tf, cache=False)
-    with pytest.raises(DataError, match="broken.png"):
-        _items(lazy)
+    named = rf"cannot decode the image in row \d+ of the {split} split \(.*broken\.png\)"
+    for cache in (True, False):  # decoded into the cache, or found by check_images: either way, up front
+        with pytest.raises(DataError, match=named) as info:
+            ImageClassificationDataset.from_bundle(bundle, split, tf, cache=cache)
+        assert "Fix:" in str(info.value)
+
+
+def _encoded(fmt: str, size: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _files_dataset(folder, files: dict[str, bytes], embed: bool = False) -> datasets.Dataset:
+    """One row per file, in order, as paths (like an image folder) or as embedded bytes (like a Hub parquet)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    images = [{"bytes": data, "path": None} if embed else str(folder / name) for name, data in files.items()]
+    return datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(len(files))]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "label": datasets.ClassLabel(names=["a", "b"])}))
+
+
+UNREADABLE = {
+    "garbage-bytes": lambda png: b"\x00\xff\x13 these bytes are no image format",
+    "empty-file": lambda png: b"",
+    "text-file": lambda png: b"file_name,label\ncat.png,cat\n",
+    "png-signature-then-garbage": lambda png: png[:8] + b"not really a png",
+    "truncated-png": lambda png: png[: len(png) // 2],  # its header reads; verify() finds the chunks cut short
+}
+
+
+@pytest.mark.parametrize("embed", [False, True], ids=["file", "embedded-bytes"])
+@pytest.mark.parametrize("damage", list(UNREADABLE))
+def test_check_images_names_an_unreadable_image_before_any_item_is_read(damage, embed, tmp_path, tiny_cfg):
+    png = _encoded("PNG")
+    files = {f"{i}.png": png for i in range(5)} | {"1.png": UNREADABLE[damage](png)}
+    # rows reversed through an indices mapping: the row named is the row of the dataset as given
+    hf = _files_dataset(tmp_path, files, embed).select([4, 3, 2, 1, 0])
+    where = r"embedded image bytes" if embed else r".*1\.png"
+    with pytest.raises(DataError, match=rf"cannot decode the image in row 3 of the train split \({where}\)") as info:
+        ImageClassificationDataset(hf, create_transforms(tiny_cfg, training=False), "image", "label", cache=False,
+                                   split="train")
+    message = str(info.value)
+    assert "Fix: replace or remove the unreadable image file" in message and "\n" not in message
+    assert " at 0x" not in message  # no memory address of an in-memory file
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_missing_image_is_named(cache, tiny_cfg):
+    hf = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4)), None], "label": [0, 1]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "label": datasets.ClassLabel(names=["a", "b"])}))
+    with pytest.raises(DataError, match=r"the image in row 1 of the train split is missing \(null\)\. Fix:"):
+        ImageClassificationDataset(hf, create_transforms(tiny_cfg, training=False), "image", "label", cache=cache,
+                                   split="train")
+
+
+def test_check_images_passes_what_decoding_accepts_without_decoding(image_folder, tmp_path, tiny_cfg, monkeypatch):
+    tf = create_transforms(tiny_cfg, training=False)
+    png, jpeg = _encoded("PNG"), _encoded("JPEG", size=64)  # 64 px: the cut lands in the pixel data
+    hf = _files_dataset(tmp_path / "odd", {"no-end-chunk.png": png[:-12], "cut-short.jpg": jpeg[: len(jpeg) // 2]})
+    # A PNG without IEND fails verify() yet decodes: it is decoded to be sure, and accepted
+    ds = ImageClassificationDataset(hf, tf, "image", "label", cache=False, split="eval")
+    assert ds[0][0].shape == (3, 24, 24)
+    # A JPEG cut short in its pixel data passes the header check; reading it names it as the cache would
+    with pytest.raises(DataError, match=r"cannot decode the image in row 1 of the eval split \(.*cut-short\.jpg\)"):
+        ds[1]
+    with pytest.raises(DataError, match=r"row 1 of the eval split \(.*cut-short\.jpg\)"):
+        ImageClassificationDataset(hf, tf, "image", "label", cache=True, split="eval")
+    # Sound images of every mode pass without a single full decode
+    monkeypatch.setattr(ImageClassificationDataset, "_decode", lambda self, index: pytest.fail("decoded"))
+    folder = load_data(path=image_folder).train
+    assert not ImageClassificationDataset(folder, tf, "image", "label", cache=False).cached
 
 
 def test_cache_auto_follows_the_size_budget(synthetic, tiny_cfg, monkeypatch):

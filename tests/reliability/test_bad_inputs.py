@@ -9,6 +9,7 @@ holding a finished run. The README's error table is generated from these records
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from PIL import Image
 
 from hubft.cli import main
 
@@ -97,11 +99,15 @@ CASES = {
     "empty-dataset": Case("an image folder without images", ["--data.path", "<empty>"], "doesn't contain any"),
     "unreadable-image": Case("an image file that does not decode", ["--data.path", "<bad_image>"],
                              "cannot decode the image"),
-    "unreadable-image-in-a-worker": Case(
-        "an undecodable image met in a DataLoader worker (cache off): it surfaces at the first batch, after the "
-        "new run replaced the earlier run's config.yaml, LR curve, log and checkpoints (its model is kept)",
-        ["--data.path", "<bad_image>", "--data.cache", "false", "--data.num_workers", "2"],
-        "cannot decode the image", untouched=False),
+    "unreadable-image-not-cached": Case(
+        "an image file that does not decode, with the images not cached (checked up front all the same)",
+        ["--data.path", "<one_bad_image>", "--data.cache", "false"], "cannot decode the image in row"),
+    "truncated-jpeg-in-a-worker": Case(
+        "a JPEG cut short in its pixel data, met in a DataLoader worker (cache off; the up-front check reads "
+        "headers only): it surfaces at the first batch, after the new run replaced the earlier run's config.yaml, "
+        "LR curve, log and checkpoints (its model is kept)",
+        ["--data.path", "<cut_short_jpeg>", "--data.cache", "false", "--data.num_workers", "2"],
+        "image file is truncated", untouched=False),
     "batch-of-one-with-batchnorm": Case("a batch size that leaves one image in the last batch of a BatchNorm model",
                                         ["--train.batch_size", "17"], "train.batch_size = 17"),
     "single-class": Case("only one class left to learn", ["--data.classes", "[class_0]"], "at least 2"),
@@ -160,6 +166,14 @@ def inputs(tmp_path_factory, images) -> dict:
     bad = write_image_folder(root / "bad_image", num_classes=2, per_class=8, size=16)
     for i in range(0, 8, 2):  # enough that the train split holds some whatever the split
         (bad / "class_0" / f"{i}.png").write_bytes(b"this is not a png")
+    one_bad = write_image_folder(root / "one_bad_image", num_classes=3, per_class=8, size=16)
+    (one_bad / "class_1" / "3.png").write_bytes(b"this is not a png")
+    cut = write_image_folder(root / "cut_short_jpeg", num_classes=3, per_class=8, size=16)
+    photo = io.BytesIO()
+    Image.effect_noise((64, 64), 64).convert("RGB").save(photo, "JPEG")  # 64 px: the cut lands in the pixels
+    for i in range(0, 8, 2):  # enough that the train split holds some whatever the split
+        (cut / "class_0" / f"{i}.png").unlink()
+        (cut / "class_0" / f"{i}.jpg").write_bytes(photo.getvalue()[: len(photo.getvalue()) // 2])
     files = sorted(str(p) for p in images.rglob("*.png"))
     labels = [i % 3 for i in range(len(files))]
     labels[5] = 7
