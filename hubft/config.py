@@ -74,7 +74,9 @@ class DataConfig:
     classes: Optional[list] = _f(None, "Keep only these classes (names or ids), re-indexed in this order.")
     max_per_class: Optional[int] = _f(None, "Keep at most this many training examples per class (few-shot).")
     image_size: Optional[int] = _f(None, "Input size; overrides the model's own preprocessing size.")
-    num_workers: int = _f(0, "DataLoader worker processes (0 decodes in the training process).")
+    num_workers: Union[int, str] = _f(
+        "auto", "DataLoader worker processes: auto (0 on CPU, where decoding would compete with training for the "
+        "cores; on a GPU, the cores per process less one, at most 8), or a number (0 decodes in the training process).")
     cache: Union[bool, str] = _f("auto", "Decode small datasets once into memory: auto, true or false.")
     auto_augment: Optional[str] = _f(None, "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (train only).")
     re_prob: float = _f(0.0, "Random erasing probability (train only).")

@@ -1,6 +1,6 @@
 """Losses for fine-tuning: a registry of built-ins, and :func:`create_loss` for anything a config can name."""
 
-from hubft.losses._targets import LossInputError
+from hubft.losses._targets import LossInputError, class_range_checked_upstream
 from hubft.losses.classification import BinaryCrossEntropyLoss, CrossEntropyLoss, SoftTargetCrossEntropyLoss
 from hubft.losses.dice import DiceLoss
 from hubft.losses.factory import LossSpec, create_loss, import_object
@@ -22,6 +22,7 @@ __all__ = [
     "require_soft_targets",
     "import_object",
     "LossInputError",
+    "class_range_checked_upstream",
     "CrossEntropyLoss",
     "SoftTargetCrossEntropyLoss",
     "BinaryCrossEntropyLoss",

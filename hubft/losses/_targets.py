@@ -13,6 +13,10 @@ else raises :class:`LossInputError` saying what was expected and what arrived: t
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +26,29 @@ from hubft.losses._checks import as_float
 
 class LossInputError(ConfigError):
     """The tensors given to a loss do not fit its contract (shape, dtype or class range)."""
+
+
+_RANGE_CHECKED_UPSTREAM = contextvars.ContextVar("hubft_class_range_checked_upstream", default=False)
+
+
+@contextmanager
+def class_range_checked_upstream() -> Iterator[None]:
+    """Skip the class-range check of targets on an accelerator, inside this block.
+
+    The check costs a host sync per call on a GPU (the device must finish the forward pass before the host can
+    read the result), which stalls the host's lead over the device. hubft's training loop enters this block when
+    its labels were already checked against the head's classes when the data was loaded. On CPU the check is
+    cheap and always runs.
+
+    Examples:
+        >>> with class_range_checked_upstream():
+        ...     pass
+    """
+    token = _RANGE_CHECKED_UPSTREAM.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_CHECKED_UPSTREAM.reset(token)
 
 
 def _describe(tensor: torch.Tensor) -> str:
@@ -67,6 +94,8 @@ def _check_target_tensor(output: torch.Tensor, target: torch.Tensor, loss: str) 
 def _check_class_range(indices: torch.Tensor, num_classes: int, loss: str, ignore_index: int | None) -> None:
     # One host sync per call; on CUDA an out-of-range index would otherwise be a device-side assert that kills the
     # process without naming the value.
+    if indices.device.type != "cpu" and _RANGE_CHECKED_UPSTREAM.get():
+        return
     bad = (indices < 0) | (indices >= num_classes)
     if ignore_index is not None:
         bad &= indices != ignore_index

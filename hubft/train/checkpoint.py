@@ -13,7 +13,10 @@ the old one aside before the new one takes its name, so there is no moment witho
 :func:`recover_interrupted_checkpoints` finishes such a move, or a rename, that a crash interrupted.
 
 A failed write (disk full, permissions) removes its temporary directory and raises :class:`TrainingError` saying
-which checkpoint is still the latest complete one.
+which checkpoint is still the latest complete one. With several processes, each stage of a write ends with the
+processes agreeing on whether it failed anywhere (:func:`run_agreed`), so a disk that fills up under one process
+stops all of them at once with the same message, instead of leaving the others waiting at the next collective until
+the process-group timeout.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 from hubft.errors import CheckpointError, TrainingError
 from hubft.faults import fault_point
@@ -37,6 +40,7 @@ __all__ = [
     "MANIFEST",
     "CheckpointInfo",
     "write_checkpoint",
+    "run_agreed",
     "verify_checkpoint",
     "list_checkpoints",
     "find_latest_checkpoint",
@@ -54,6 +58,11 @@ _NAME = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 # A temporary directory's step: ``.tmp-step-N`` (being written) or ``.tmp-replaced-step-N-<id>`` (moved aside).
 _TMP_NAME = re.compile(r"^\.tmp-(?:replaced-)?step-(\d+)(?:-[0-9a-f]+)?$")
+# The failure code of an exception other than OSError (an OSError's code is its errno).
+_UNEXPECTED = -1
+
+T = TypeVar("T")
+Exchange = Callable[[int], Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -98,45 +107,99 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def run_agreed(action: Callable[[], T], exchange: Exchange | None) -> T:
+    """Run this process's part of a step, then agree with the other processes on whether it failed anywhere.
+
+    Every process calls it at the same point, since ``exchange`` is a collective (and so also a barrier). A process
+    whose ``action`` failed still takes part in the exchange before raising: no process is left waiting in a
+    collective for one that stopped, and every process raises.
+
+    Args:
+        action: This process's part.
+        exchange: Given this process's failure code (0: none, an ``OSError``'s errno, -1: any other exception),
+            returns every process's, by rank. None for a single process: ``action`` simply runs.
+
+    Returns:
+        What ``action`` returned, when it failed on no process.
+
+    Raises:
+        OSError: The lowest-ranked failing process had an ``OSError``: on every process the same one, with its
+            errno and a ``strerror`` that names that process (so every process prints the same message).
+        TrainingError: Another process failed with an exception other than ``OSError`` (it prints its own).
+        Exception: This process's own exception, when it is not an ``OSError``.
+
+    Examples:
+        >>> run_agreed(lambda: 42, lambda code: [code, 0])
+        42
+    """
+    if exchange is None:
+        return action()
+    result, error = None, None
+    try:
+        result = action()
+    except Exception as e:  # BaseException (Ctrl-C, SystemExit) ends the process group anyway
+        error = e
+    if isinstance(error, OSError):
+        code = error.errno or errno.EIO
+    else:
+        code = 0 if error is None else _UNEXPECTED
+    failed = [(rank, c) for rank, c in enumerate(exchange(code)) if c]
+    if not failed:
+        return result
+    if error is not None and not isinstance(error, OSError):
+        raise error
+    rank, code = failed[0]
+    if code == _UNEXPECTED:
+        raise TrainingError(f"process {rank} stopped with an error (printed by that process); the others stopped "
+                            "with it", fix="see that process's error")
+    raise OSError(code, f"{os.strerror(code)} on process {rank}") from None
+
+
 def write_checkpoint(
     root: str | os.PathLike,
     step: int,
     write_files: Callable[[Path], None],
     *,
     is_main_process: bool = True,
-    wait: Callable[[], None] = lambda: None,
+    exchange: Exchange | None = None,
     tmp_name: str | None = None,
 ) -> Path:
     """Write a checkpoint for optimizer update ``step`` atomically.
+
+    The write has three stages, each ended by :func:`run_agreed` (which is also the barrier between them): the main
+    process creates the temporary directory; every process writes its files; the main process writes the manifest
+    and renames.
 
     Args:
         root: The ``checkpoints`` directory.
         step: Optimizer update count; the checkpoint is named ``step-<step>``.
         write_files: Called (on every process) with the temporary directory to fill.
         is_main_process: Only the main process writes the manifest and renames.
-        wait: A barrier between processes (``accelerator.wait_for_everyone``).
+        exchange: The collective that gathers every process's failure code (see :func:`run_agreed`); None for a
+            single process.
         tmp_name: The temporary directory name, identical on every process (the caller broadcasts it).
 
     Returns:
         The final checkpoint directory.
 
     Raises:
-        TrainingError: Writing failed with an ``OSError`` (disk full, permissions); the temporary directory is
-            removed, older checkpoints are untouched, and the message names the latest complete one.
+        TrainingError: Writing failed with an ``OSError`` (disk full, permissions) on any process, raised on every
+            process with the same message; the temporary directory is removed, older checkpoints are untouched, and
+            the message names the latest complete one.
     """
     root = Path(root)
     final = root / f"step-{step:08d}"
     tmp = root / (tmp_name or f"{_TMP_PREFIX}step-{step:08d}")
-    try:
+
+    def prepare() -> None:
         if is_main_process:
             root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir()
             fault_point("checkpoint_start")
-        wait()
-        write_files(tmp)
-        wait()
+
+    def publish() -> None:
         if is_main_process:
             fault_point("checkpoint_before_manifest")
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -149,7 +212,10 @@ def write_checkpoint(
             fault_point("checkpoint_before_rename")
             _publish(tmp, final)
             fault_point("checkpoint_after_rename")
-        wait()
+
+    try:
+        for stage in (prepare, lambda: write_files(tmp), publish):
+            run_agreed(stage, exchange)
     except OSError as e:
         if is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

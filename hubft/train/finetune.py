@@ -25,7 +25,7 @@ from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, load_
 from hubft.errors import ConfigError, DataError, HubftError, TrainingError
 from hubft.faults import fault_point
 from hubft.train.checkpoint import (find_latest_checkpoint, recover_interrupted_checkpoints, remove_checkpoints,
-                                    verify_checkpoint)
+                                    run_agreed, verify_checkpoint)
 from hubft.train.loop import TrainLoop
 from hubft.train.outputs import OutputWriter
 from hubft.train.mixing import check_mixing_loss, mixing_enabled
@@ -188,13 +188,15 @@ class Finetuner:
         num_classes = len(self.data.label_names)
         ds_kwargs = dict(image_column=self.data.image_column, label_column=self.data.label_column,
                          multi_label=self.data.multi_label, num_classes=num_classes, cache=d.cache)
-        train_ds = SeededDataset(ImageClassificationDataset(self.data.train, train_tf, **ds_kwargs))
+        train_ds = SeededDataset(ImageClassificationDataset(self.data.train, train_tf, split="train", **ds_kwargs))
         check_no_batch_of_one(self.model, len(train_ds), c.train.batch_size, acc.num_processes)
-        eval_ds = SeededDataset(ImageClassificationDataset(self.data.eval, eval_tf, **ds_kwargs))
+        eval_ds = SeededDataset(ImageClassificationDataset(self.data.eval, eval_tf, split="eval", **ds_kwargs))
         self.train_sampler = EpochSampler(len(train_ds), seed=c.train.seed, shuffle=True)
         eval_sampler = EpochSampler(len(eval_ds), seed=c.train.seed, shuffle=False)
-        loader_kw = dict(num_workers=d.num_workers, pin_memory=acc.device.type == "cuda",
-                         persistent_workers=False)
+        workers = default_num_workers(acc.device, acc.num_processes) if d.num_workers == "auto" else d.num_workers
+        # Persistent workers: a short epoch must not pay for starting them again (the sampler lives in this process,
+        # so set_epoch still reaches them).
+        loader_kw = dict(num_workers=workers, pin_memory=acc.device.type == "cuda", persistent_workers=workers > 0)
         train_dl = torch.utils.data.DataLoader(train_ds, batch_size=c.train.batch_size, sampler=self.train_sampler,
                                                **loader_kw)
         eval_dl = torch.utils.data.DataLoader(eval_ds, batch_size=c.train.eval_batch_size or c.train.batch_size,
@@ -229,10 +231,11 @@ class Finetuner:
         if schedule_unfreezes and acc.num_processes > 1:
             for p in frozen:
                 p.requires_grad_(True)
-        prepared = acc.prepare(self.model, optimizer, train_dl, eval_dl)
+        self.model, self.optimizer, self.eval_dl = acc.prepare(self.model, optimizer, eval_dl)
+        # The loop moves training batches itself, one batch ahead on a side stream (hubft.train.prefetch).
+        self.train_dl = acc.prepare_data_loader(train_dl, device_placement=False)
         for p in frozen:
             p.requires_grad_(False)
-        self.model, self.optimizer, self.train_dl, self.eval_dl = prepared
         # The schedule is stepped by hubft once per optimizer update; preparing it would step it once per process.
         updates_per_epoch = math.ceil(len(self.train_dl) / c.train.grad_accum_steps)
         total = updates_per_epoch * c.train.epochs
@@ -300,9 +303,13 @@ class Finetuner:
 
     @_os_errors("writing the finished model")
     def save(self) -> Path:
-        """Write the finished model directory (weights, config.json, card, metrics, logs, plots)."""
-        fault_point("before_save")
-        return self.output.finish(self)
+        """Write the finished model directory (weights, config.json, card, metrics, logs, plots).
+
+        With several processes, a write that fails on one of them stops every process with the same error.
+        """
+        exchange = self.loop.failure_exchange()
+        run_agreed(lambda: fault_point("before_save"), exchange)
+        return self.output.finish(self, exchange)
 
     def push(self) -> str | None:
         """Push the output directory to ``hub.repo_id`` when ``hub.push`` is set (main process; others wait)."""
@@ -403,6 +410,19 @@ def _use_channels_last(model: nn.Module, setting: bool | str) -> bool:
     conv = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False))
     total = sum(p.numel() for p in model.parameters())
     return total > 0 and conv / total > 0.5
+
+
+def default_num_workers(device: torch.device, num_processes: int = 1) -> int:
+    """DataLoader workers for ``data.num_workers: auto``.
+
+    0 on CPU: workers would decode on the cores the training step needs (hubft's uint8 cache makes the per-item
+    work small). On an accelerator the training process mostly waits for the device, so each process gets its
+    share of the cores less one for itself, at most 8.
+    """
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(1, num_processes) - 1))
 
 
 def _warn_single_process_cpu_launch() -> None:

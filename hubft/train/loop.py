@@ -25,8 +25,10 @@ from safetensors.torch import load_file, save_file
 
 from hubft.errors import CheckpointError, HubftError, TrainingError
 from hubft.faults import fault_point, fault_points_after_writes
-from hubft.train.checkpoint import prune_checkpoints, write_checkpoint
+from hubft.losses import class_range_checked_upstream
+from hubft.train.checkpoint import Exchange, prune_checkpoints, run_agreed, write_checkpoint
 from hubft.train.metrics import classification_metrics, multilabel_metrics
+from hubft.train.prefetch import prefetch_to_device
 from hubft.train.sampler import mix_seed
 from hubft.train.state import STATE_FILE, TrainState
 
@@ -48,7 +50,11 @@ class TrainLoop:
         # (update, epoch, batches) of the last checkpoint written or resumed from: a SIGTERM right after a periodic
         # checkpoint must not write the same state again.
         self._saved: tuple[int, int, int] | None = None
-        self._buffers_before: list[torch.Tensor] | None = None
+        # The model's buffers (BatchNorm statistics) as they were before the update in progress, copied into the same
+        # tensors every update (one fused copy, no allocation): a refused update puts them back.
+        self._buffers: list[torch.Tensor] | None = None
+        self._buffers_before: list[torch.Tensor] = []
+        self._buffers_saved = False
         self._bad = torch.zeros(())
         self._inputs = hashlib.sha256() if os.environ.get("HUBFT_TRACE_INPUTS") == "1" else None
 
@@ -75,15 +81,31 @@ class TrainLoop:
                 (tmp / STATE_FILE).write_text(s.to_json())
                 fault_point("checkpoint_after_train_state")
 
-        path = write_checkpoint(root, s.update, write, is_main_process=acc.is_main_process,
-                                wait=acc.wait_for_everyone, tmp_name=f".tmp-step-{s.update:08d}")
-        if acc.is_main_process:
-            prune_checkpoints(root, ft.config.train.keep_checkpoints)
-            fault_point("checkpoint_after_prune")
-            if ft.checkpoint_pusher is not None:
-                ft.checkpoint_pusher.submit(path)  # uploads in the background; the loop goes on at once
+        exchange = self.failure_exchange()
+        path = write_checkpoint(root, s.update, write, is_main_process=acc.is_main_process, exchange=exchange,
+                                tmp_name=f".tmp-step-{s.update:08d}")
+
+        def after_write() -> None:
+            if acc.is_main_process:
+                prune_checkpoints(root, ft.config.train.keep_checkpoints)
+                fault_point("checkpoint_after_prune")
+                if ft.checkpoint_pusher is not None:
+                    ft.checkpoint_pusher.submit(path)  # uploads in the background; the loop goes on at once
+
+        # Agreed too: the other processes would otherwise train on into a collective the main one never reaches.
+        run_agreed(after_write, exchange)
         self._saved = (s.update, s.epoch, s.batches_in_epoch)
         return path
+
+    def failure_exchange(self) -> Exchange | None:
+        """A gather of every process's failure code, for :func:`~hubft.train.checkpoint.run_agreed`; None for one.
+
+        It is a collective: every process calls it at the same point, also the one whose write failed.
+        """
+        acc = self.ft.accelerator
+        if acc.num_processes == 1:
+            return None
+        return lambda code: acc.gather(torch.tensor([code], dtype=torch.int64, device=acc.device)).tolist()
 
     def resume(self, path: Path) -> None:
         ft, acc = self.ft, self.ft.accelerator
@@ -142,12 +164,13 @@ class TrainLoop:
         # set it through the loader actually iterated, or a resumed run would replay the wrong epoch's order.
         dl.set_epoch(epoch) if hasattr(dl, "set_epoch") else ft.train_sampler.set_epoch(epoch)
         ft.model.train()
+        self._buffers, self._buffers_before, self._buffers_saved = None, [], False
         self._bad = torch.zeros((), device=acc.device)
         seen, t0 = 0, time.perf_counter()
         self._loss_sum = torch.tensor(s.epoch_loss_sum, device=acc.device, dtype=torch.float64)
         bar = _progress(ft, epoch)
         try:
-            for x, y in _plain_worker_errors(dl):
+            for x, y in prefetch_to_device(_plain_worker_errors(dl), acc.device):
                 loss = self._micro_batch(x, y, epoch)
                 seen += x.shape[0]
                 if acc.sync_gradients and self._after_update(epoch, loss, seen, t0, bar):
@@ -162,7 +185,7 @@ class TrainLoop:
         """Forward and backward one batch; on an accumulation boundary, check and apply the update."""
         ft, c, s, acc = self.ft, self.ft.config, self.state, self.ft.accelerator
         # Dropout / drop-path draw from torch's global RNG: seed it from the position in the run.
-        torch.manual_seed(mix_seed(c.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
+        _seed_device_rng(acc.device, mix_seed(c.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
         if ft.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.mixup is not None:
@@ -172,11 +195,14 @@ class TrainLoop:
         if self._inputs is not None:
             self._inputs.update(x.detach().cpu().contiguous().numpy().tobytes())
             self._inputs.update(y.detach().cpu().contiguous().numpy().tobytes())
-        if self._buffers_before is None:
-            self._buffers_before = [b.detach().clone() for b in ft.model.buffers()]
+        if not self._buffers_saved:
+            self._save_buffers()
         with acc.accumulate(ft.model):
             out = ft.model(x)
-            loss = ft.loss_fn(out, y)
+            # The labels were checked against the head's classes when the data was loaded: on a GPU, skip the
+            # loss's own check, which would cost a host sync in the middle of every step.
+            with class_range_checked_upstream():
+                loss = ft.loss_fn(out, y)
             if fault_point("loss"):
                 loss = loss * float("nan")
             self._bad = self._bad + (~torch.isfinite(loss.detach())).float()
@@ -200,11 +226,20 @@ class TrainLoop:
         self._loss_sum += loss.detach()
         return loss
 
+    @torch.no_grad()
+    def _save_buffers(self) -> None:
+        if self._buffers is None:  # collected once per epoch (train_epoch clears them): walking the modules is slow
+            self._buffers = list(self.ft.model.buffers())
+            self._buffers_before = [b.detach().clone() for b in self._buffers]
+        elif self._buffers:
+            torch._foreach_copy_(self._buffers_before, self._buffers)
+        self._buffers_saved = True
+
     def _after_update(self, epoch: int, loss: torch.Tensor, seen: int, t0: float, bar) -> bool:
         """Schedule, EMA, log, checkpoint and SIGTERM handling after update ``state.update + 1``; True: stop."""
         ft, c, s, acc = self.ft, self.ft.config, self.state, self.ft.accelerator
         s.update += 1
-        self._buffers_before = None
+        self._buffers_saved = False
         self._bad.zero_()
         fault_point("after_optimizer_step")
         ft.scheduler.step_update(s.update)
@@ -261,11 +296,10 @@ class TrainLoop:
             bad = acc.reduce(bad.clone(), "sum")
         if float(bad) > 0:
             ft.optimizer.zero_grad(set_to_none=True)
-            if self._buffers_before is not None:
+            if self._buffers_saved and self._buffers:
                 # The update's forward passes moved running statistics (BatchNorm): put back their previous values.
                 with torch.no_grad():
-                    for b, before in zip(ft.model.buffers(), self._buffers_before):
-                        b.copy_(before)
+                    torch._foreach_copy_(self._buffers, self._buffers_before)
             raise TrainingError(
                 f"non-finite loss or gradients at epoch {epoch}, step {self.state.update + 1}; no update was applied "
                 "and the last complete checkpoint is kept",
@@ -359,6 +393,17 @@ def _plain_worker_errors(loader):
                 raise
             raise type(e)(last.split(": ", 1)[1].rstrip(".")) from None
         yield batch
+
+
+def _seed_device_rng(device: torch.device, seed: int) -> None:
+    # torch.manual_seed seeds every backend's generator and costs ~70 us on CPU (it probes each lazy backend);
+    # once per micro-batch that is measurable on small models. Seed what the model draws from: the CPU generator
+    # and, on CUDA, the current device's.
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
 
 
 def _trace() -> bool:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from hubft.config import config_to_dict
-from hubft.train.checkpoint import atomic_write_text
+from hubft.train.checkpoint import Exchange, atomic_write_text, run_agreed
 
 if TYPE_CHECKING:
     from hubft.train.finetune import Finetuner
@@ -105,11 +105,18 @@ class OutputWriter:
 
         plot_lr_of_run(ft, self.root)
 
-    def finish(self, ft: "Finetuner") -> Path:
-        """After training: model, metrics, plots and model card."""
+    def finish(self, ft: "Finetuner", exchange: Exchange | None = None) -> Path:
+        """After training: model, metrics, plots and model card, written by the main process.
+
+        ``exchange`` (see :func:`~hubft.train.checkpoint.run_agreed`) ends the writes instead of a plain barrier:
+        when they fail on the main process (disk full), every process raises the same error instead of waiting.
+        """
         acc = ft.accelerator
         acc.wait_for_everyone()
-        if self.is_main:
+
+        def write() -> None:
+            if not self.is_main:
+                return
             from hubft.hub.card import write_model_card
             from hubft.models import save_pretrained
             from hubft.train.plots import plot_run
@@ -127,7 +134,8 @@ class OutputWriter:
             atomic_write_text(self.root / "metrics.json", json.dumps(metrics, indent=1))
             plot_run(self.root, self.read_log(), metrics, list(ft.data.label_names))
             write_model_card(self.root, repo_id=c.hub.repo_id)
-        acc.wait_for_everyone()
+
+        run_agreed(write, exchange)
         return self.root
 
     @staticmethod

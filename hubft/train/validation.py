@@ -50,7 +50,8 @@ def validate_config(config: FinetuneConfig) -> None:
          c.optim.clip_grad_norm, "null or > 0")
     need(c.schedule.warmup_steps >= 0, "schedule.warmup_steps", c.schedule.warmup_steps, ">= 0")
     need(0 < c.data.eval_fraction < 1, "data.eval_fraction", c.data.eval_fraction, "in (0, 1)")
-    need(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, ">= 0")
+    need(c.data.num_workers == "auto" or (type(c.data.num_workers) is int and c.data.num_workers >= 0),
+         "data.num_workers", c.data.num_workers, "auto or a number >= 0")
     need(c.data.cache in ("auto", True, False), "data.cache", c.data.cache, "auto, true or false")
     need(c.data.mixup_off_epoch is None or c.data.mixup_off_epoch >= 0, "data.mixup_off_epoch",
          c.data.mixup_off_epoch, "null or >= 0")

@@ -191,3 +191,18 @@ def test_weighted_components_of_different_shapes_are_refused():
     loss = create_loss([("mse", {"reduction": "none"}), ("l1", 1.0)])
     with pytest.raises(LossInputError, match="'l1' returned shape \\[\\] but 'mse' returned \\[4, 3\\]"):
         loss(LOGITS, torch.ones(4, 3))
+
+
+def test_class_range_check_is_skipped_only_off_cpu_inside_the_upstream_block():
+    from hubft.losses import class_range_checked_upstream, create_loss
+
+    loss = create_loss("cross_entropy")
+    with class_range_checked_upstream():
+        # On CPU the check always runs.
+        with pytest.raises(LossInputError, match="class index 7"):
+            loss(torch.zeros(2, 3), torch.tensor([0, 7]))
+        # Off CPU (meta tensors stand in for a GPU here) the host sync is skipped: nothing reads the values.
+        loss(torch.zeros(2, 3, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+    # Outside the block the check reads the values again, which a meta tensor cannot give.
+    with pytest.raises(RuntimeError, match="meta"):
+        loss(torch.zeros(2, 3, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))

@@ -7,16 +7,21 @@ one that verifies and says why it passed over the others, and no resume is ever 
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
 
 import pytest
 
-from hubft.errors import CheckpointError
+from hubft.errors import CheckpointError, TrainingError
 from hubft.train.checkpoint import (MANIFEST, find_latest_checkpoint, recover_interrupted_checkpoints,
-                                    verify_checkpoint)
+                                    verify_checkpoint, write_checkpoint)
 
 # Checkpoint write #4 (step-6) with keep_checkpoints=1: before it, step-5 is the only checkpoint on disk.
 # point -> (the checkpoint `latest` resumes from, why)
@@ -174,6 +179,112 @@ def test_disk_full_stops_cleanly_and_a_later_resume_finishes(fault, tmp_path, ma
     resumed = hubft_cli("finetune", "--config", config, "--train.resume", "latest")
     assert resumed.returncode == 0, resumed.output[-3000:]
     rel.assert_same_run(reference, tmp_path / "run")
+
+
+# Two processes, 9 micro-batches of 2 split between them, 2 per update: 3 updates per epoch, 1 epoch. Checkpoint
+# writes: #1 step-2 (every 2 updates), #2 step-3 (end of the epoch); keep_checkpoints 2.
+# fault (on one process only) -> (rank, the message's words, checkpoints left, why). The main process failing while
+# the others wait is checked in-process ("this-process-renaming" below): each 2-process run costs ~15 s on 2 cores.
+DISK_FULL_ON_ONE_PROCESS = {
+    "checkpoint_after_accelerate_state@2": (
+        1, "could not write checkpoint step-00000003", ["step-00000002"],
+        "on process 1 (not the main one) while it writes its RNG state into a checkpoint"),
+    "before_save@1": (
+        1, "writing the finished model failed", ["step-00000002", "step-00000003"],
+        "on process 1 when the finished model is about to be written"),
+}
+
+
+def _launch_two_processes(argv: list[str], env: dict, logs) -> list[subprocess.Popen]:
+    """Start the two processes of a CPU process group directly, as torchrun would but without its agent.
+
+    A launcher's agent terminates the other processes as soon as one exits: it would hide a process left waiting
+    in a collective, and give it SIGTERM's exit code instead of its own.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        dist = dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        with open(logs / f"rank-{rank}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "hubft.cli", *argv], env={**env, **dist},
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(DISK_FULL_ON_ONE_PROCESS))
+def test_disk_full_on_one_of_two_processes_stops_both_at_once(fault, tmp_path, make_config, rel, survival):
+    rank, words, left, why = DISK_FULL_ON_ONE_PROCESS[fault]
+    survival(f"disk full in a 2-process run, {why} (`{fault}`, that process only)",
+             "both processes exit 3 at once (neither waits for the process-group timeout) with the same one-line "
+             "message; temporary files removed; the checkpoints written before verify")
+    config = make_config(tmp_path, train={"epochs": 1})
+    env = rel.run_env(HUBFT_FAULT=f"{fault}:enospc", HUBFT_FAULT_RANK=str(rank))
+    procs = _launch_two_processes(["finetune", "--config", str(config)], env, tmp_path)
+    # A hang guard, not a timing assertion: the run takes a few seconds; a process left waiting would take 30 min.
+    deadline = time.monotonic() + 180
+    try:
+        codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    except subprocess.TimeoutExpired:
+        codes = None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [(tmp_path / f"rank-{r}.log").read_text(errors="replace") for r in (0, 1)]
+    assert codes == [3, 3], f"exit codes {codes}\n" + "\n".join(f"-- rank {r}:\n{t[-2500:]}"
+                                                              for r, t in enumerate(logs))
+    errors = [[line for line in text.splitlines() if line.startswith("hubft: error:")] for text in logs]
+    assert len(errors[0]) == 1 and errors[0] == errors[1], errors
+    message = errors[0][0]
+    assert words in message and "the disk is full" in message and "resume with --train.resume latest" in message
+    if fault.startswith("checkpoint_"):
+        assert f"on process {rank}" in message and f"the latest complete checkpoint is {left[-1]}" in message
+    assert all("Traceback" not in text for text in logs)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert _steps(checkpoints) == left, "a temporary or incomplete checkpoint was left behind"
+    for name in left:
+        verify_checkpoint(checkpoints / name)
+    assert not list((tmp_path / "run").glob("*.safetensors")) and not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def _fill(tmp, fails: bool = False) -> None:
+    if fails:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    (tmp / "weights").write_bytes(b"w")
+
+
+# case -> (process that fails, how, what this process (the main one) passes to the exchanges)
+AGREEMENT = {
+    "other-process-writing": (1, {}, [0, 0]),
+    "this-process-writing": (0, {"fails": True}, [0, errno.ENOSPC]),
+    "this-process-renaming": (0, {"HUBFT_FAULT": "checkpoint_before_rename:enospc"}, [0, 0, errno.ENOSPC]),
+}
+
+
+@pytest.mark.parametrize("case", list(AGREEMENT))
+def test_a_failed_write_on_any_process_is_agreed_before_any_process_raises(case, tmp_path, monkeypatch):
+    failing, how, passed = AGREEMENT[case]
+    root = tmp_path / "checkpoints"
+    write_checkpoint(root, 1, _fill, exchange=lambda code: [code, 0])
+    if "HUBFT_FAULT" in how:
+        monkeypatch.setenv("HUBFT_FAULT", how["HUBFT_FAULT"])
+    seen = []
+
+    def exchange(code: int) -> list[int]:  # process 1 reports a full disk at the end of the write stage
+        seen.append(code)
+        return [code, errno.ENOSPC if failing == 1 and len(seen) == 2 else 0]
+
+    with pytest.raises(TrainingError, match=rf"could not write checkpoint step-00000002 .*the disk is full "
+                                            rf"\(No space left on device on process {failing}\).* step-00000001"):
+        write_checkpoint(root, 2, lambda tmp: _fill(tmp, how.get("fails", False)), exchange=exchange)
+    assert seen == passed, "a process raised before the others learnt of the failure, or went on after it"
+    assert _steps(root) == ["step-00000001"]
+    verify_checkpoint(root / "step-00000001")
 
 
 def test_a_manifest_lists_every_file_with_its_hash(finished_run):

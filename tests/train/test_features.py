@@ -108,3 +108,32 @@ def test_channels_last_auto_picks_convolutional_backbones(name, expected):
     model = hubft.create_model(name, num_classes=3, pretrained=False)
     assert _use_channels_last(model, "auto") is expected
     assert _use_channels_last(model, False) is False and _use_channels_last(model, True) is True
+
+
+@pytest.mark.parametrize("device, processes, cores, expected", [
+    ("cpu", 1, 16, 0),  # on CPU workers would take the training step's cores
+    ("cuda", 1, 16, 8),  # capped
+    ("cuda", 1, 4, 3),  # one core left for the training process
+    ("cuda", 4, 16, 3),  # each process gets its share
+    ("cuda", 8, 8, 0),
+])
+def test_num_workers_auto(monkeypatch, device, processes, cores, expected):
+    from hubft.train.finetune import default_num_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_num_workers(torch.device(device), processes) == expected
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), (0, True), (3, True), (-1, False), ("four", False),
+                                       (True, False)])
+def test_num_workers_setting_is_validated(make_config, tmp_path, value, ok):
+    from hubft.config import config_from_dict
+    from hubft.errors import ConfigError
+    from hubft.train.validation import validate_config
+
+    section = {"data": {"name": "owner/digits", "num_workers": value}}
+    if ok:
+        validate_config(config_from_dict(section))
+    else:
+        with pytest.raises(ConfigError, match="data.num_workers"):
+            validate_config(config_from_dict(section))
