@@ -1,17 +1,25 @@
 """Kill it at any instant, resume with ``--train.resume latest``: the result is the uninterrupted run's, bit for bit.
 
-Each scenario runs the real CLI in a fresh process (see ``_zygote.py``) that a fault point SIGKILLs or SIGTERMs at an
-exact moment, then resumes it, possibly several times, and compares the finished run with the uninterrupted one:
-the SHA-256 of ``model.safetensors``, the optimizer and scheduler state of the last checkpoint, every ``log.jsonl``
-record (per-step loss, LRs and the digest of the exact batches, i.e. the sample order and augmentation) and the
-epoch metrics. Update / micro-batch numbering: see ``conftest.py``.
+Most scenarios run ``hubft.cli.main`` in a fresh process forked from a pre-imported interpreter (``_zygote.py``,
+which saves the ~8 s of imports per run) that a fault point SIGKILLs or SIGTERMs at an exact moment; the external
+SIGTERM and SIGKILL tests run the installed ``hubft`` console script itself and signal it from the test, and
+``test_the_zygote_runs_what_the_console_script_runs`` pins the two launchers to the same entry point. Each then
+resumes, possibly several times, and compares the finished run with the uninterrupted one: the SHA-256 of
+``model.safetensors``, the optimizer and scheduler state of the last checkpoint, every ``log.jsonl`` record (per-step
+loss, LRs and the digest of the exact batches, i.e. the sample order and augmentation) and the epoch metrics.
+Update / micro-batch numbering: see ``conftest.py``.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import os
 import re
 import signal
 import subprocess
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +55,29 @@ def _overrides(sections: dict) -> list[str]:
     return [f"--{s}.{k}={v}" for s, values in sections.items() for k, v in values.items()]
 
 
+def _console_until_step(rel, config, step: int) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``hubft finetune`` (the console script) and return once it has printed ``HUBFT_STEP <step>``.
+
+    The marker is printed after the update's log record and before its periodic checkpoint; the child keeps running.
+    """
+    proc = subprocess.Popen([str(rel.HUBFT_BIN), "finetune", "--config", str(config)],
+                            env=rel.run_env(HUBFT_FAULT_TRACE="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    # A guard against a child that hangs without printing, not a synchronisation: the marker is what we wait for.
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if re.search(rf"HUBFT_STEP {step}$", line.rstrip()):  # a progress bar may share the line
+                return proc, seen
+    finally:
+        watchdog.cancel()
+    proc.wait()
+    raise AssertionError(f"no HUBFT_STEP {step} before exit {proc.returncode}: {''.join(seen)[-3000:]}")
+
+
 @pytest.mark.parametrize("case", list(KILLS))
 def test_kill_then_resume_is_bit_identical(case, tmp_path, make_config, hubft_cli, reference, rel, survival):
     faults, resumed_steps, overrides, why = KILLS[case]
@@ -69,15 +100,8 @@ def test_external_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_p
              "the update in flight finishes, a complete checkpoint is written, exit code 75; the resume is "
              "bit-identical")
     config = make_config(tmp_path)
-    proc = subprocess.Popen([str(rel.HUBFT_BIN), "finetune", "--config", str(config)],
-                            env=rel.run_env(HUBFT_FAULT_TRACE="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if re.search(r"HUBFT_STEP 3$", line.rstrip()):  # a progress bar may share the line
-            proc.send_signal(signal.SIGTERM)
-            break
+    proc, seen = _console_until_step(rel, config, 3)
+    proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=300)
     output = "".join(seen) + rest
     assert proc.returncode == 75, output[-3000:]
@@ -93,6 +117,60 @@ def test_external_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_p
     assert result.returncode == 0, result.output[-3000:]
     assert _resumed_from(result.output) == stopped
     rel.assert_same_run(reference, tmp_path / "run")
+
+
+def test_external_sigkill_of_the_console_script_mid_epoch_resumes_bit_identically(tmp_path, make_config, reference,
+                                                                                 rel, survival):
+    survival("kill -9 sent from outside (`os.kill`) to the `hubft` console script once it printed update 3 of 10 "
+             "(mid-epoch 0, between checkpoints), landing wherever the run then is; resumed with the console script",
+             "model.safetensors SHA-256, optimizer/scheduler state, per-step losses, LRs and batch digests, "
+             "epoch metrics: identical to the uninterrupted run")
+    config = make_config(tmp_path)
+    # Update 3 is neither checkpointed nor the end of epoch 0 (updates 1-5); the step-2 checkpoint is complete before
+    # its marker. Seven updates, an evaluation and five checkpoint writes remain, seconds of work for a kill sent
+    # within a millisecond of the marker: it lands in the run, and the assertions below check that it did.
+    proc, seen = _console_until_step(rel, config, 3)
+    os.kill(proc.pid, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert proc.returncode == -signal.SIGKILL, output[-3000:]
+    assert "hubft: finished" not in output and not (tmp_path / "run" / "model.safetensors").exists(), \
+        "the kill landed after the run ended"
+
+    result = rel.console("finetune", "--config", config, "--train.resume=latest")
+    assert result.returncode == 0, result.output[-3000:]
+    # Where the kill landed decides the checkpoint resumed from (step-2, or a later one written before the kill).
+    assert 2 <= _resumed_from(result.output) < rel.UPDATES
+    rel.assert_same_run(reference, tmp_path / "run")
+
+
+def test_the_zygote_runs_what_the_console_script_runs(tmp_path, make_config, hubft_cli, rel):
+    # The kill tests trust the zygote to be the `hubft` command minus the imports: same function, same argv, same
+    # environment. Pin the function to pyproject's entry point, then compare the two launchers' behaviour.
+    import tomllib  # Python 3.11+
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    target = pyproject["project"]["scripts"]["hubft"]
+    (installed,) = importlib.metadata.entry_points(group="console_scripts", name="hubft")
+    assert installed.value == target, "the installed `hubft` script is stale: reinstall the package"
+    zygote = ast.parse((Path(__file__).with_name("_zygote.py")).read_text())
+    child = next(n for n in zygote.body if isinstance(n, ast.FunctionDef) and n.name == "_child")
+    (returned,) = [n.value for n in ast.walk(child) if isinstance(n, ast.Return)]
+    assert isinstance(returned, ast.Call) and ast.unparse(returned.func) == target.replace(":", "."), \
+        f"_zygote.py runs {ast.unparse(returned)}, the `hubft` console script runs {target}"
+
+    config = make_config(tmp_path)
+    # argv, environment, exit code, a line that shows the command was understood as meant
+    cases = [
+        (("config", "--config", config, "--train.epochs=3", "--optim.lr", "0.5"), {}, 0, "  epochs: 3\n"),
+        # HUBFT_DEBUG is read from the command's environment: the traceback shows that it arrived.
+        (("finetune", "--config", config, "--train.epoch", "3"), {"HUBFT_DEBUG": "1"}, 2, "Traceback"),
+        (("push",), {}, 2, "usage: hubft push"),
+    ]
+    for argv, env, code, shows in cases:
+        console, forked = rel.console(*argv, **env), hubft_cli(*argv, **env)
+        assert console.returncode == forked.returncode == code, (argv, console.output, forked.output)
+        assert shows in console.output and console.output == forked.output, (argv, console.output, forked.output)
 
 
 def test_sigterm_during_a_checkpoint_write_finishes_it_and_stops(tmp_path, make_config, hubft_cli, reference, rel,
