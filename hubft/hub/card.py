@@ -99,7 +99,12 @@ def _read_run(output_dir: str | os.PathLike) -> _Run:
         return value if isinstance(value, dict) else {}
 
     return _Run(root, read("config.json", json.loads), read("metrics.json", json.loads),
-                read("config.yaml", yaml.safe_load))
+                read("config.yaml", _safe_yaml))
+
+
+def _safe_yaml(text: str) -> Any:
+    # libyaml's safe loader when PyYAML was built with it: the pure-Python one took half of a push's own time.
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _base_model_license(base: dict, token: str | bool | None) -> str | None:
@@ -163,9 +168,12 @@ def model_card_data(output_dir: str | os.PathLike, *, repo_id: str | None = None
         license: A license id that overrides the others.
         token: Used only to read the base model's license from a private repo. Never written.
     """
+    return _card_data(_read_run(output_dir), repo_id=repo_id, license=license, token=token)
+
+
+def _card_data(run: _Run, *, repo_id: str | None, license: str | None, token: str | bool | None) -> ModelCardData:
     from huggingface_hub import EvalResult, ModelCardData
 
-    run = _read_run(output_dir)
     ds, final = run.dataset, run.metrics.get("final") or {}
     dataset_id, dataset_type, dataset_name = _dataset_names(ds)
     eval_results = [
@@ -286,8 +294,8 @@ def render_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = No
     Returns:
         The card: YAML metadata between ``---`` lines, then the markdown body.
     """
-    data = model_card_data(output_dir, repo_id=repo_id, license=license, token=token)
-    return _render(_read_run(output_dir), data, repo_id)
+    run = _read_run(output_dir)
+    return _render(run, _card_data(run, repo_id=repo_id, license=license, token=token), repo_id)
 
 
 def _render(run: _Run, data: ModelCardData, repo_id: str | None) -> str:
@@ -371,8 +379,9 @@ def write_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = Non
     Raises:
         HubError: The rendered card does not validate (nothing is written).
     """
-    data = model_card_data(output_dir, repo_id=repo_id, license=license, token=token)
-    text = _render(_read_run(output_dir), data, repo_id)
+    run = _read_run(output_dir)
+    data = _card_data(run, repo_id=repo_id, license=license, token=token)
+    text = _render(run, data, repo_id)
     validate_model_card(text, expected=data)
     target = Path(path) if path is not None else Path(output_dir) / "README.md"
     atomic_write_text(target, text)

@@ -236,10 +236,12 @@ def test_a_staged_file_holding_the_token_is_never_uploaded(hub, api, repo_id, ru
     assert not api.repo_exists(repo_id)
 
 
-def test_non_finite_weights_are_refused_before_any_request(hub, repo_id, tmp_path):
+@pytest.mark.parametrize("values", [[math.nan], [math.inf], [-math.inf], [math.inf, -math.inf]])
+def test_non_finite_weights_are_refused_before_any_request(hub, repo_id, tmp_path, values):
     model = hubft.create_model("test_resnet", num_classes=2, pretrained=False)
     with torch.no_grad():
-        model.fc.weight[0, 0] = math.nan
+        for i, value in enumerate(values):  # +inf and -inf together: their sum is NaN, still refused
+            model.fc.weight[0, i] = value
     hubft.save_pretrained(model, tmp_path / "nan")
     with pytest.raises(WeightsError, match="non-finite"):
         push_to_hub(tmp_path / "nan", repo_id, token=hub.token)

@@ -100,3 +100,22 @@ def test_serve_prints_the_endpoint_and_tokens_and_stops_on_ctrl_c(tmp_path, monk
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)", text).group(1))
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_connections_send_without_nagle_delays(tmp_path):
+    # Headers and body are separate writes: with Nagle's algorithm each keep-alive response would wait ~40 ms for
+    # the client's delayed ACK. Every accepted connection must have TCP_NODELAY set.
+    import http.client
+
+    with LocalHub(tmp_path / "hub") as hub:
+        port = int(hub.endpoint.rsplit(":", 1)[1])
+        client = http.client.HTTPConnection("127.0.0.1", port)
+        try:
+            for _ in range(2):  # two requests on one keep-alive connection
+                client.request("GET", "/api/whoami-v2", headers={"authorization": f"Bearer {hub.token}"})
+                assert client.getresponse().read()
+            connections = list(hub._server._connections)
+            assert connections
+            assert all(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in connections)
+        finally:
+            client.close()
