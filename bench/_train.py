@@ -284,7 +284,11 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
     plain = PlainLoop(case, batches, device, channels_last=cl, amp=torch.bfloat16 if gpu else None)
     accelerate_loop = AccelerateLoop(case, batches, device, channels_last=cl, mixed_precision=mixed_precision)
     loop_only = HubftRun(case, device, mixed_precision=mixed_precision, batches=batches)
-    sides = {"plain": plain, "accelerate": accelerate_loop, "hubft": hubft_run, "hubft_loop": loop_only}
+    # The same loop without its one optional pass (train.check_gradients): what that safety check costs.
+    unchecked = HubftRun(case, device, mixed_precision=mixed_precision, batches=batches,
+                         config={"train": {"check_gradients": False}})
+    sides = {"plain": plain, "accelerate": accelerate_loop, "hubft": hubft_run, "hubft_loop": loop_only,
+             "hubft_unchecked": unchecked}
     if noise_floor:
         sides["plain_again"] = PlainLoop(case, batches, device, channels_last=cl, amp=torch.bfloat16 if gpu else None)
     times = interleave(sides, reps)
@@ -313,6 +317,8 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
                   detail=detail),
         speed_row(times, "hubft_loop", "plain", bench=f"1 {where}throughput",
                   metric="hubft loop on the same tensors / plain", case=f"{case.label} ({setting})", target=0.98),
+        speed_row(times, "hubft_unchecked", "plain", bench=f"1 {where}throughput",
+                  metric="same, train.check_gradients false / plain", case=f"{case.label} ({setting})"),
         speed_row(times, "hubft", "accelerate", bench=f"2 {where}throughput", metric="hubft / plain Accelerate",
                   case=f"{case.label} ({setting})", target=0.99),
     ]

@@ -30,7 +30,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config fields (override the YAML)")
     for dotted, f in config_fields().items():
         group.add_argument(f"--{dotted}", dest=dotted, default=argparse.SUPPRESS, metavar="VALUE",
-                           help=f.metadata.get("help", ""))
+                           help=f.metadata.get("help", "").replace("%", "%%"))  # argparse %-formats help
 
 
 def _overrides(ns: argparse.Namespace) -> dict:

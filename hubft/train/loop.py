@@ -285,7 +285,7 @@ class TrainLoop:
 
     def _check_finite(self, bad: torch.Tensor, epoch: int) -> None:
         acc, ft = self.ft.accelerator, self.ft
-        if acc.mixed_precision != "fp16":
+        if acc.mixed_precision != "fp16" and ft.config.train.check_gradients:
             # Gradients too (an inf * 0 can poison them under a finite loss); fp16's scaler handles its own infs.
             grads = [p.grad for p in ft.model.parameters() if p.grad is not None]
             if grads:

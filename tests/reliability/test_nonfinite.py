@@ -59,6 +59,22 @@ def test_a_non_finite_update_applies_nothing_and_writes_nothing(point, tmp_path,
     assert not hub.requests, "nothing may reach the Hub"
 
 
+def test_without_the_gradient_check_an_inf_gradient_is_caught_one_update_later(tmp_path, images, rel, monkeypatch):
+    # train.check_gradients: false trades the per-update read of every gradient for speed: the poisoned update is
+    # applied, and the loss of the next one is what stops the run.
+    cfg = _config(rel, images, tmp_path / "run", check_gradients=False)
+    monkeypatch.setenv("HUBFT_FAULT", "gradients@3:nan")
+    ft = hubft.Finetuner(cfg)
+    try:
+        ft.setup()
+        with pytest.raises(TrainingError, match=r"non-finite loss or gradients at epoch \d+, step 4"):
+            ft.fit()
+    finally:
+        ft.close()
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints[-1] == "step-00000003"  # the poisoned update was applied and checkpointed
+
+
 @pytest.mark.slow
 def test_the_cli_exits_3_with_the_step_and_no_traceback(tmp_path, make_config, hubft_cli, survival):
     survival("a NaN loss in micro-batch 3 (update 2) of a CLI run",
