@@ -155,7 +155,9 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         if self._wants_cache(cache):
             self._cache = self._build_cache()
         else:
-            self.check_images()
+            # Data small enough to cache is decoded once to check it (what building the cache would cost); larger
+            # data gets the cheap check of every file's header and chunks.
+            self.check_images(decode=self._wants_cache("auto"))
 
     @classmethod
     def from_bundle(
@@ -180,10 +182,12 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def check_images(self) -> None:
-        """Check that every image can be read, without decoding pixels; ``__init__`` calls it when not caching.
+    def check_images(self, decode: bool = False) -> None:
+        """Check that every image can be read; ``__init__`` calls it when not caching.
 
-        Each image is opened with PIL and ``Image.verify()``-ed: the format is identified and the header parsed;
+        With ``decode`` every image is decoded in full, as ``__getitem__`` would (``__init__`` asks for this when
+        the data would fit the cache budget of ``cache="auto"``, so it costs what building the cache would).
+        Otherwise each image is opened with PIL and ``Image.verify()``-ed: the format is identified and the header parsed;
         for PNG every chunk is also read and its CRC checked, so a garbage, empty, text, missing or truncated PNG
         file is found. For JPEG and most other formats ``verify`` parses the header only, so a JPEG cut short in
         its pixel data passes and fails when its item is read. An image that fails is decoded in full, as
@@ -198,6 +202,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             DataError: An image cannot be decoded; the split, row and file (or "embedded image bytes") are named,
                 with the fix.
         """
+        if decode:
+            for row in range(len(self)):
+                self._decode(row)
+            return
         row = 0
         for batch in self._images.with_format("arrow").iter(batch_size=_CHECK_BATCH_ROWS):
             for value in batch.column(self.image_column).to_pylist():

@@ -198,6 +198,11 @@ def test_check_images_passes_what_decoding_accepts_without_decoding(image_folder
     tf = create_transforms(tiny_cfg, training=False)
     png, jpeg = _encoded("PNG"), _encoded("JPEG", size=64)  # 64 px: the cut lands in the pixel data
     hf = _files_dataset(tmp_path / "odd", {"no-end-chunk.png": png[:-12], "cut-short.jpg": jpeg[: len(jpeg) // 2]})
+    # Small data is decoded in full up front: the cut-short JPEG is found there.
+    with pytest.raises(DataError, match=r"cannot decode the image in row 1 of the eval split \(.*cut-short\.jpg\)"):
+        ImageClassificationDataset(hf, tf, "image", "label", cache=False, split="eval")
+    # Data over the cache budget gets the header check only.
+    monkeypatch.setattr("hubft.data._dataset.CACHE_AUTO_MAX_BYTES", 0)
     # A PNG without IEND fails verify() yet decodes: it is decoded to be sure, and accepted
     ds = ImageClassificationDataset(hf, tf, "image", "label", cache=False, split="eval")
     assert ds[0][0].shape == (3, 24, 24)
