@@ -13,6 +13,7 @@ interrupted. ``--debug`` shows tracebacks. The README's "Error messages" table l
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import traceback
@@ -175,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hubft`` command; returns the exit code (see the module docstring)."""
+    code = _run(argv)
+    if code != 0:
+        # A failed run leaves its objects (the model, a DDP wrapper holding the process group and its threads) in
+        # reference cycles through the error's traceback. Free them now rather than during interpreter shutdown,
+        # where tearing down a process group's threads can abort the process after the error was printed.
+        gc.collect()
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HUBFT_DEBUG") == "1"
     parser = build_parser()

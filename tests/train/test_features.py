@@ -137,3 +137,30 @@ def test_num_workers_setting_is_validated(make_config, tmp_path, value, ok):
     else:
         with pytest.raises(ConfigError, match="data.num_workers"):
             validate_config(config_from_dict(section))
+
+
+def test_a_failed_cli_run_frees_its_model_before_returning(tmp_path, make_config, monkeypatch):
+    # The error's traceback keeps the run's objects in reference cycles; the CLI frees them before it returns, so
+    # that a process group held by a DDP wrapper is not torn down during interpreter shutdown.
+    import gc
+    import weakref
+
+    import yaml
+
+    from hubft.cli import main
+    from hubft.data import write_image_folder
+    from hubft.train.finetune import Finetuner
+
+    write_image_folder(tmp_path / "images", num_classes=2, per_class=4, size=16)
+    cfg = make_config(tmp_path / "run", data={"path": str(tmp_path / "images")}, train={"epochs": 1})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    refs = []
+    setup = Finetuner.setup
+    monkeypatch.setattr(Finetuner, "setup", lambda self: (refs.append(weakref.ref(self)), setup(self))[1])
+    monkeypatch.setenv("HUBFT_FAULT", "before_save@1:enospc")
+    gc.disable()  # only the CLI's own collection may free the cycles
+    try:
+        assert main(["finetune", "--config", str(tmp_path / "c.yaml")]) == 3
+        assert refs and refs[0]() is None, "the failed run's Finetuner outlived the command"
+    finally:
+        gc.enable()
