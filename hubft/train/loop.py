@@ -170,7 +170,9 @@ class TrainLoop:
         self._loss_sum = torch.tensor(s.epoch_loss_sum, device=acc.device, dtype=torch.float64)
         bar = _progress(ft, epoch)
         try:
-            for x, y in prefetch_to_device(_plain_worker_errors(dl), acc.device):
+            # No read-ahead under accumulation: Accelerate ends an epoch's last accumulation from its loader's state.
+            ahead = ft.config.train.grad_accum_steps == 1
+            for x, y in prefetch_to_device(_plain_worker_errors(dl), acc.device, ahead=ahead):
                 loss = self._micro_batch(x, y, epoch)
                 seen += x.shape[0]
                 if acc.sync_gradients and self._after_update(epoch, loss, seen, t0, bar):

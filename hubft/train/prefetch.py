@@ -22,19 +22,21 @@ def _tensors(batch: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def prefetch_to_device(batches: Iterable, device: torch.device) -> Iterator:
+def prefetch_to_device(batches: Iterable, device: torch.device, *, ahead: bool = True) -> Iterator:
     """Yield each batch of ``batches`` (tensors, or lists / tuples / dicts of them) on ``device``.
 
-    On CUDA the next batch is copied on a side stream while the caller works on the current one (the loader's
-    pinned memory makes the copy asynchronous), as timm's ``PrefetchLoader`` does: the step never waits for a
-    host-to-device copy, and hubft's once-per-update host sync (the non-finite check) does not leave the GPU idle
+    On CUDA with ``ahead`` the next batch is copied on a side stream while the caller works on the current one (the
+    loader's pinned memory makes the copy asynchronous), as timm's ``PrefetchLoader`` does: the step never waits for
+    a host-to-device copy, and hubft's once-per-update host sync (the non-finite check) does not leave the GPU idle
     while the next batch crosses the bus. The compute stream waits for the copy before it uses a batch, and each
-    batch's memory is tied to the compute stream, so the allocator cannot reuse it too early. Elsewhere (CPU, MPS,
-    XPU) batches are moved with a plain ``send_to_device`` when they are taken.
+    batch's memory is tied to the compute stream, so the allocator cannot reuse it too early. Batches are then taken
+    from ``batches`` one ahead of the caller, so an error in the loader surfaces one batch early.
 
-    Batches are taken from ``batches`` one ahead of the caller, so an error in the loader surfaces one batch early.
+    Otherwise (CPU, MPS, XPU, or ``ahead=False``) each batch is moved with a plain ``send_to_device`` when it is
+    taken, never before. Reading ahead must be off under gradient accumulation: Accelerate decides an epoch's last
+    update from its prepared loader's end-of-data flag, which reading one batch ahead would raise one batch early.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or not ahead:
         for batch in batches:
             yield send_to_device(batch, device)
         return

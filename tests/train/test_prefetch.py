@@ -25,3 +25,17 @@ def test_a_loader_error_reaches_the_caller_after_the_good_batches():
         for batch in prefetch_to_device(loader(), torch.device("cpu")):
             seen.append(batch)
     assert len(seen) == 1
+
+
+def test_without_read_ahead_a_batch_is_taken_only_when_the_caller_asks():
+    # Under gradient accumulation Accelerate reads its loader's end-of-data flag: the loader must not be read ahead.
+    taken = []
+
+    def loader():
+        for i in range(3):
+            taken.append(i)
+            yield torch.tensor([i])
+
+    it = prefetch_to_device(loader(), torch.device("cpu"), ahead=False)
+    assert int(next(it)) == 0 and taken == [0]
+    assert int(next(it)) == 1 and taken == [0, 1]
