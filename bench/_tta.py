@@ -17,28 +17,12 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench._timing import Row, quiet
 
 TARGETS = (0.7, 0.8)  # held-out accuracy on digits 5-9 (chance: 0.2)
 CONFIG = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "digits.yaml"
-
-
-def digits():
-    """scikit-learn's 8x8 handwritten digits, upscaled to 32 px grayscale images, 70/30 stratified split."""
-    import datasets
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    images = [Image.fromarray((img * 255 / 16).astype(np.uint8), mode="L").resize((32, 32), Image.BILINEAR)
-              for img in raw.images]
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
-    full = datasets.Dataset.from_dict({"image": images, "label": raw.target.tolist()}, features=features)
-    return full.train_test_split(test_size=0.3, seed=0, stratify_by_column="label")
 
 
 def pretrain_backbone(data, folder: Path, epochs: int) -> Path:
@@ -119,9 +103,11 @@ def time_to(curve: dict, target: float) -> tuple[float, int | None]:
 def run(reps: int, quick: bool, device: torch.device) -> list[Row]:
     import tempfile
 
+    from hubft.data import load_digits_dataset
+
     seeds = [0] if quick else [0, 1, 2]
     print(f"  tta: pretraining the digits 0-4 backbone, then {len(seeds)} fine-tune/scratch race(s)", flush=True)
-    data = digits()
+    data = load_digits_dataset()
     curves = []
     with tempfile.TemporaryDirectory(prefix="hubft-bench-tta-") as tmp:
         backbone = pretrain_backbone(data, Path(tmp) / "backbone", epochs=2 if quick else 4)

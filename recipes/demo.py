@@ -23,30 +23,14 @@ with socket.socket() as s:
 os.environ.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str((OUT / "hf-home").resolve()),
                   HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_UPDATE_DOWNLOAD_COUNTS="0")
 
-import numpy as np  # noqa: E402
 
 import hubft  # noqa: E402
-from hubft.data import disable_datasets_extra_hosts  # noqa: E402
+from hubft.data import disable_datasets_extra_hosts, load_digits_dataset  # noqa: E402
 from hubft.testing import LocalHub  # noqa: E402
 
 
 def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
-
-
-def digits_dataset():
-    """scikit-learn's UCI handwritten digits (8x8, 0..16) as a datasets.DatasetDict of grayscale PIL images."""
-    import datasets
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = [Image.fromarray((img * 255 / 16).astype(np.uint8), mode="L").resize((32, 32), Image.BILINEAR)
-              for img in digits.images]
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
-    full = datasets.Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features)
-    return full.train_test_split(test_size=0.3, seed=0, stratify_by_column="label")
 
 
 with LocalHub(OUT / "hub", port=port, user="hubft-demo") as hub:
@@ -57,7 +41,7 @@ with LocalHub(OUT / "hub", port=port, user="hubft-demo") as hub:
     # 2. The dataset, published the way anyone publishes one.
     banner("2. publishing scikit-learn's handwritten digits as hubft-demo/optdigits")
     disable_datasets_extra_hosts()
-    digits_dataset().push_to_hub("hubft-demo/optdigits")
+    load_digits_dataset().push_to_hub("hubft-demo/optdigits")
 
     # 3. The "pretrained" backbone: trained on digits 0-4 only, then shared like any model.
     banner("3. pretraining a backbone on digits 0-4 -> hubft-demo/digits-0-4-backbone")
@@ -95,7 +79,7 @@ with LocalHub(OUT / "hub", port=port, user="hubft-demo") as hub:
     model = timm.create_model("hf-hub:hubft-demo/digits-5-9", pretrained=True).eval()
     names = model.pretrained_cfg["label_names"]
     transform = create_transform(**resolve_data_config(model=model))
-    test = digits_dataset()["test"]
+    test = load_digits_dataset()["test"]
     keep = [i for i, y in enumerate(test["label"]) if str(y) in names]
     correct = 0
     with torch.no_grad():

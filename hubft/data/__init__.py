@@ -9,6 +9,7 @@
 - :func:`make_synthetic_image_dataset` / :func:`write_image_folder` build tiny learnable datasets for smoke tests.
 """
 
+from hubft.data._digits import load_digits_dataset
 from hubft.data._dataset import ImageClassificationDataset, preserve_global_rngs
 from hubft.data._hosts import disable_datasets_extra_hosts
 from hubft.data._sources import DataBundle, DataSource, load_data
@@ -23,6 +24,7 @@ __all__ = [
     "create_transforms",
     "disable_datasets_extra_hosts",
     "load_data",
+    "load_digits_dataset",
     "make_synthetic_image_dataset",
     "preserve_global_rngs",
     "synthetic_class_names",
