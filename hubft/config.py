@@ -109,6 +109,9 @@ class OptimConfig:
     layer_decay: Optional[float] = _f(None, "Layer-wise LR decay per block from the top (e.g. 0.75).")
     weight_decay: float = _f(0.05, "Weight decay (never applied to norms and biases).")
     clip_grad_norm: Optional[float] = _f(None, "Clip the gradient norm to this value.")
+    fused: Union[bool, Literal["auto"]] = _f(
+        "auto", "torch's fused optimizer kernel: auto (for adam, adamw and sgd, unless options choose an "
+        "implementation), true or false (torch's default implementation).")
     options: dict = _f({}, "Extra optimizer keyword arguments, e.g. {betas: [0.9, 0.99]}.")
 
 

@@ -13,6 +13,7 @@ from hubft.optim._curves import lr_curve, plot_all_schedules, plot_lr_curves
 from hubft.optim._optimizers import (
     OptimizerInfo,
     create_optimizer,
+    fused_options,
     get_optimizer_info,
     list_optimizers,
     register_optimizer,
@@ -37,6 +38,7 @@ __all__ = [
     "create_optimizer",
     "create_scheduler",
     "format_param_groups",
+    "fused_options",
     "get_optimizer_info",
     "get_scheduler_info",
     "list_optimizers",

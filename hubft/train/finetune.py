@@ -176,7 +176,7 @@ class Finetuner:
         """Loss, parameter groups, optimizer, schedule, data loaders, EMA, Accelerate preparation and resume."""
         from hubft.data import ImageClassificationDataset, create_transforms
         from hubft.losses import create_loss
-        from hubft.optim import create_optimizer, create_scheduler, format_param_groups, param_groups
+        from hubft.optim import create_optimizer, create_scheduler, format_param_groups, fused_options, param_groups
 
         c, acc = self.config, self.accelerator
         # Transforms follow the backbone's own preprocessing; augmentation applies to the train split only.
@@ -223,7 +223,8 @@ class Finetuner:
                               layer_decay=c.optim.layer_decay, include_frozen=schedule_unfreezes)
         acc.print(format_param_groups(groups))
         self.group_names = [g["name"] for g in groups]
-        optimizer = create_optimizer(groups, c.optim.name, **c.optim.options)
+        optimizer = create_optimizer(groups, c.optim.name, **fused_options(c.optim.name, c.optim.fused,
+                                                                           c.optim.options))
 
         # DDP registers only the parameters that require grad when it wraps the model: a body that a freeze schedule
         # unfreezes later must be registered now (and is "unused" until then).

@@ -7,6 +7,7 @@ from hubft.errors import ConfigError
 from hubft.optim import (
     OptimizerInfo,
     create_optimizer,
+    fused_options,
     get_optimizer_info,
     list_optimizers,
     param_groups,
@@ -119,3 +120,41 @@ def test_register_optimizer():
         from hubft.optim._optimizers import _REGISTRY
 
         _REGISTRY._records.pop("test_sgd_half_momentum")
+
+
+@pytest.mark.parametrize("name", list_optimizers())
+def test_fused_auto_picks_torch_fused_kernels_only(name):
+    """auto fuses torch's Adam / AdamW / SGD (whatever the registry calls them) and leaves everything else alone."""
+    options = fused_options(name, "auto", {})
+    cls = get_optimizer_info(name).optimizer_class
+    assert options == ({"fused": True} if issubclass(cls, (torch.optim.Adam, torch.optim.SGD)) else {})
+    assert fused_options(name, False, {}) == {}
+
+
+@pytest.mark.parametrize("name", ["adamw", "AdamW", "adam", "sgd", "SGD", "momentum"])
+def test_fused_optimizer_matches_the_default_implementation(name):
+    """The fused kernel is the same update: a step of each lands on the same weights (to float rounding; over
+    several steps Adam's normalisation blows the rounding of near-zero gradients up, so one step is compared)."""
+    results = []
+    for fused in (False, "auto"):
+        torch.manual_seed(0)
+        model = _tiny_model()
+        optimizer = create_optimizer(param_groups(model, lr=1e-2, weight_decay=0.01), name,
+                                     **fused_options(name, fused, {}))
+        assert optimizer.param_groups[0].get("fused") is (True if fused == "auto" else None)
+        torch.manual_seed(1)
+        _train_step(model, optimizer, False)
+        results.append([p.detach().clone() for p in model.parameters()])
+    for plain, fused in zip(*results):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_options_respects_an_explicit_implementation_and_refuses_what_cannot_fuse():
+    assert fused_options("adamw", "auto", {"foreach": False}) == {"foreach": False}
+    assert fused_options("adamw", "auto", {"fused": False}) == {"fused": False}
+    assert fused_options("adamw", True, {"betas": (0.9, 0.99)}) == {"betas": (0.9, 0.99), "fused": True}
+    with pytest.raises(ConfigError, match="no fused implementation") as info:
+        fused_options("lamb", True, {})
+    assert "optim.fused" in info.value.fix
+    with pytest.raises(ConfigError, match="optim.fused must be"):
+        fused_options("adamw", "yes please", {})
