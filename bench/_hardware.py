@@ -1,8 +1,8 @@
 """Ratio 6: do hubft's defaults use the hardware? Defaults vs a naive loop, bf16, and FLOP/s vs a GEMM.
 
-- hubft with every default (channels-last chosen automatically for conv nets, fp32) vs the naive plain loop that
-  most scripts start as (contiguous NCHW, fp32). A plain loop with channels-last is in the same rotation, to show
-  how much of the gap is the memory format alone.
+- hubft with every default (channels-last chosen automatically for conv nets, torch's fused AdamW kernel, fp32) vs
+  the naive plain loop that most scripts start as (contiguous NCHW, torch's default AdamW, fp32). Plain loops with
+  channels-last alone and with the fused optimizer alone are in the same rotation, to show where the gap comes from.
 - ``train.mixed_precision: bf16`` vs hubft's default fp32 (CPU autocast; worth it only where the CPU has bf16
   instructions, e.g. AVX512-BF16 / AMX).
 - Achieved training FLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode, over hubft's measured
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench._timing import Row, interleave, speed_row
-from bench._train import Case, HubftRun, PlainLoop, create_model, memory_batches
+from bench._train import Case, HubftRun, PlainLoop, create_model, memory_batches, uses_fused
 
 # Conv nets, where hubft picks channels-last (mobilenet's depthwise convolutions gain the most from it).
 CASES = [Case("resnet18", 224, 8), Case("mobilenetv3_large_100", 224, 16)]
@@ -80,9 +80,12 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
         raise RuntimeError("the bf16 / fp32 hubft runs do not compute in the precision they were set up with")
     naive = PlainLoop(case, batches, device, channels_last=False)
     plain_cl = PlainLoop(case, batches, device, channels_last=True)
+    plain_fused = PlainLoop(case, batches, device, channels_last=False, fused=True)
+    if not uses_fused(hubft_fp32):
+        raise RuntimeError("hubft's defaults did not pick the fused AdamW kernel")
     gemm = Gemm()
-    times = interleave({"naive": naive, "plain_channels_last": plain_cl, "hubft": hubft_fp32,
-                        "hubft_bf16": hubft_bf16, "gemm": gemm}, reps)
+    times = interleave({"naive": naive, "plain_channels_last": plain_cl, "plain_fused": plain_fused,
+                        "hubft": hubft_fp32, "hubft_bf16": hubft_bf16, "gemm": gemm}, reps)
 
     flops = training_flops(case, device) * case.updates
     # Per pair: (training FLOP/s) / (GEMM FLOP/s) = (flops / t_hubft) / (gemm.flops / t_gemm).
@@ -93,9 +96,12 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
     label = case.label
     return [
         speed_row(times, "hubft", "naive", bench="6 hardware", metric="hubft defaults / naive fp32 NCHW loop",
-                  case=f"{label} (hubft chose {'channels-last' if cl else 'contiguous'})", target=1.15),
+                  case=f"{label} (hubft chose {'channels-last' if cl else 'contiguous'}, fused AdamW)",
+                  target=1.15),
         speed_row(times, "plain_channels_last", "naive", bench="6 hardware",
                   metric="channels-last alone (plain loops)", case=label),
+        speed_row(times, "plain_fused", "naive", bench="6 hardware",
+                  metric="fused AdamW kernel alone (plain loops)", case=label),
         speed_row(times, "hubft_bf16", "hubft", bench="6 hardware", metric="hubft bf16 / hubft fp32", case=label),
         Row(bench="6 hardware", metric="training FLOP/s / fp32 GEMM FLOP/s", case=f"{label} (hubft defaults)",
             value=statistics.median(fraction), low=min(fraction), high=max(fraction), pairs=len(fraction),

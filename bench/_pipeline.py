@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench._timing import Row, interleave, speed_row
-from bench._train import NUM_CLASSES, Case, HubftRun, PlainLoop, memory_batches
+from bench._train import NUM_CLASSES, Case, HubftRun, PlainLoop, memory_batches, uses_fused
 
 # JPEGs 1.5x the training size: the shrink-then-crop a real dataset needs, without giant files.
 CASES = [Case("resnet18", 64, 32), Case("resnet18", 224, 8)]
@@ -64,10 +64,10 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
         files = HubftRun(case, device, config={"data": {"path": str(root)}})
         batches = memory_batches(case, device)
         in_memory = HubftRun(case, device, batches=batches)
-        cl = files.channels_last
-        naive = PlainLoop(case, batches, device, channels_last=cl)
+        cl, fused = files.channels_last, uses_fused(files)
+        naive = PlainLoop(case, batches, device, channels_last=cl, fused=fused)
         naive.batches = datasets_loader(root, case, naive.model)
-        plain = PlainLoop(case, batches, device, channels_last=cl)
+        plain = PlainLoop(case, batches, device, channels_last=cl, fused=fused)
         times = interleave({"hubft_files": files, "hubft_memory": in_memory, "datasets_files": naive,
                             "plain_memory": plain}, reps)
     label = f"{case.label}, {case.batch * case.updates} JPEGs of {case.size * 3 // 2} px"

@@ -92,11 +92,17 @@ def create_model(case: Case, device: torch.device, channels_last: bool) -> torch
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def create_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+def create_optimizer(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     from hubft.optim import param_groups
 
-    # The same decay / no-decay split hubft uses; a hand-written loop would write the same two groups.
-    return torch.optim.AdamW(param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY))
+    # The same decay / no-decay split hubft uses; a hand-written loop would write the same two groups. fused=False
+    # is torch's default implementation (a for-loop over the parameters on CPU, foreach on CUDA).
+    return torch.optim.AdamW(param_groups(model, lr=LR, weight_decay=WEIGHT_DECAY), fused=fused or None)
+
+
+def uses_fused(run: "HubftRun") -> bool:
+    """Whether hubft picked torch's fused optimizer kernel for this run (``optim.fused: auto``)."""
+    return bool(run.ft.optimizer.param_groups[0].get("fused"))
 
 
 def synchronize(device: torch.device) -> None:
@@ -122,10 +128,10 @@ class PlainLoop:
     """The hand-written reference: the loop of the PyTorch tutorials, with the same model, groups and batch."""
 
     def __init__(self, case: Case, batches: list, device: torch.device, *, channels_last: bool,
-                 amp: torch.dtype | None = None) -> None:
+                 amp: torch.dtype | None = None, fused: bool = False) -> None:
         self.batches, self.device, self.channels_last, self.amp = batches, device, channels_last, amp
         self.model = create_model(case, device, channels_last)
-        self.optimizer = create_optimizer(self.model)
+        self.optimizer = create_optimizer(self.model, fused)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=EPOCHS * case.updates)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -149,14 +155,14 @@ class AccelerateLoop:
     """Accelerate's ``examples/cv_example.py`` loop over the same in-memory tensors (a TensorDataset loader)."""
 
     def __init__(self, case: Case, batches: list, device: torch.device, *, channels_last: bool,
-                 mixed_precision: str) -> None:
+                 mixed_precision: str, fused: bool = False) -> None:
         from accelerate import Accelerator
 
         use_mixed_precision(mixed_precision)
         self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
         self.device, self.channels_last = device, channels_last
         model = create_model(case, device, channels_last)
-        optimizer = create_optimizer(model)
+        optimizer = create_optimizer(model, fused)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=EPOCHS * case.updates)
         data = torch.utils.data.TensorDataset(torch.cat([x.cpu() for x, _ in batches]),
                                               torch.cat([y.cpu() for _, y in batches]))
@@ -279,10 +285,13 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
     # cache: true, and the benchmark does, so that it measures the training loop rather than PNG decoding.
     hubft_run = HubftRun(case, device, mixed_precision=mixed_precision, config={"data": {"cache": True}} if gpu else None)
     batches = memory_batches(case, device)
-    # Like for like: the plain loops use the memory format hubft chose for this model.
-    cl = hubft_run.channels_last
-    plain = PlainLoop(case, batches, device, channels_last=cl, amp=torch.bfloat16 if gpu else None)
-    accelerate_loop = AccelerateLoop(case, batches, device, channels_last=cl, mixed_precision=mixed_precision)
+    # Like for like: the plain loops use the memory format and the optimizer kernel hubft chose for this model (what
+    # those choices gain over a naive loop is ratio 6's question, not this one's).
+    cl, fused = hubft_run.channels_last, uses_fused(hubft_run)
+    amp = torch.bfloat16 if gpu else None
+    plain = PlainLoop(case, batches, device, channels_last=cl, amp=amp, fused=fused)
+    accelerate_loop = AccelerateLoop(case, batches, device, channels_last=cl, mixed_precision=mixed_precision,
+                                     fused=fused)
     loop_only = HubftRun(case, device, mixed_precision=mixed_precision, batches=batches)
     # The same loop without its one optional pass (train.check_gradients): what that safety check costs.
     unchecked = HubftRun(case, device, mixed_precision=mixed_precision, batches=batches,
@@ -290,13 +299,13 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
     sides = {"plain": plain, "accelerate": accelerate_loop, "hubft": hubft_run, "hubft_loop": loop_only,
              "hubft_unchecked": unchecked}
     if noise_floor:
-        sides["plain_again"] = PlainLoop(case, batches, device, channels_last=cl, amp=torch.bfloat16 if gpu else None)
+        sides["plain_again"] = PlainLoop(case, batches, device, channels_last=cl, amp=amp, fused=fused)
     times = interleave(sides, reps)
 
     data = hubft_run.data_seconds[-reps:]  # warm-up calls come first
     images = case.batch * case.updates
-    setting = f"{'bf16' if gpu else 'fp32'}, {'channels-last' if cl else 'contiguous'}"
-    detail = {"channels_last": cl, "updates_per_rep": case.updates, "setting": setting,
+    setting = f"{'bf16' if gpu else 'fp32'}, {'channels-last' if cl else 'contiguous'}{', fused AdamW' if fused else ''}"
+    detail = {"channels_last": cl, "fused_optimizer": fused, "updates_per_rep": case.updates, "setting": setting,
               "hubft_data_share_median": statistics.median(d / t for d, t in zip(data, times["hubft"])),
               # What hubft adds per optimizer update, in ms: the whole run, and the loop alone.
               "extra_ms_per_update[hubft]": statistics.median(

@@ -8,6 +8,7 @@ cache: ``cache_prepare`` (run once per image) and ``cache_finish`` (run per epoc
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform, resolve_data_config
-from timm.data.transforms import MaybeToTensor, str_to_pil_interp
+from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation, str_to_pil_interp
+from torchvision.transforms import InterpolationMode
 
 from hubft.errors import ConfigError
 
@@ -72,6 +74,8 @@ class ImageTransform:
             # separate=True splits timm's train pipeline into geometry / colour / tensor stages, which lets the
             # cached path run the first two on uint8 tensors instead of decoded PIL images
             self._primary, self._secondary, self._final = create_transform(**timm_kwargs, separate=True)
+            self._primary.transforms = [_Uint8ResizedCrop(step) if isinstance(step, RandomResizedCropAndInterpolation)
+                                        else step for step in self._primary.transforms]
             _posterize_to_black(self._secondary)
             self._secondary_needs_pil = bool(timm_kwargs.get("auto_augment"))
         else:
@@ -125,6 +129,38 @@ class ImageTransform:
         else:
             pixels = self._secondary(pixels)
         return self._final(pixels.to(torch.float32).div(255)).contiguous()
+
+
+class _Uint8ResizedCrop:
+    """timm's random resized crop for the cached uint8 tensors, resampled by torch's uint8 kernels.
+
+    The crop box and the interpolation are drawn by timm's own transform, in its order and from the same RNGs.
+    For bilinear and bicubic the crop is resized by ``torch.nn.functional.interpolate`` on the uint8 tensor itself
+    (antialiased, like torchvision's resize): torchvision's tensor resize converts uint8 to float for bicubic and
+    back, 2.5-4x slower per image (24 vs 68 us at 64 px, 131 vs 566 us at 224 px on a 2-core CPU). The uint8 kernel
+    rounds between its two passes, so pixels may differ from the float path by a few levels (mean 0.3 of 255).
+    Other interpolations go through torchvision as before.
+    """
+
+    _MODES = {InterpolationMode.BILINEAR: "bilinear", InterpolationMode.BICUBIC: "bicubic"}
+
+    def __init__(self, crop: RandomResizedCropAndInterpolation) -> None:
+        self.crop = crop
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        crop = self.crop
+        top, left, height, width = crop.get_params(pixels, crop.scale, crop.ratio)
+        interpolation = random.choice(crop.interpolation) if isinstance(crop.interpolation, (tuple, list)) \
+            else crop.interpolation
+        mode = self._MODES.get(interpolation)
+        if mode is None or pixels.dtype != torch.uint8:
+            return TF.resized_crop(pixels, top, left, height, width, crop.size, interpolation)
+        box = pixels[:, top:top + height, left:left + width].contiguous()
+        return torch.nn.functional.interpolate(box.unsqueeze(0), size=tuple(crop.size), mode=mode,
+                                               antialias=True, align_corners=False)[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.crop!r})"
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:

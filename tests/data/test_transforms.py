@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from hubft.data import ImageTransform, create_transforms, to_rgb
 from hubft.errors import ConfigError
@@ -144,3 +144,31 @@ def test_non_rgb_models_and_non_configs_are_rejected(tiny_cfg):
         create_transforms({**tiny_cfg, "input_size": (1, 24, 24), "mean": (0.5,), "std": (0.5,)}, training=False)
     with pytest.raises(ConfigError, match="pretrained_cfg"):
         create_transforms("resnet18", training=False)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random", "nearest"])
+def test_cached_train_crop_draws_timms_box_and_resamples_uint8(tiny_cfg, interpolation):
+    """The cached path's crop: the box and interpolation timm's transform would draw from the same RNG state, the
+    same image as torchvision's float resize to within rounding, uint8 all the way."""
+    import torchvision.transforms.functional as TF
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    from hubft.data._transforms import _Uint8ResizedCrop
+
+    tf = create_transforms(tiny_cfg, training=True, interpolation=interpolation, scale=(0.3, 1.0))
+    ours = tf._primary.transforms[0]
+    assert isinstance(ours, _Uint8ResizedCrop) and isinstance(ours.crop, RandomResizedCropAndInterpolation)
+    # A smooth photo-like image: on noise, bicubic's overshoot makes the two roundings differ more.
+    pixels = TF.pil_to_tensor(_photo((48, 40)).filter(ImageFilter.GaussianBlur(2)))
+    for seed in range(8):
+        _seed_all(seed)
+        got = ours(pixels)
+        _seed_all(seed)
+        want = ours.crop(pixels)  # timm's own transform on the tensor: torchvision's resize
+        assert got.dtype == torch.uint8 and got.shape == want.shape == (3, 24, 24)
+        difference = (got.int() - want.int()).abs()
+        assert difference.float().mean() < 0.5 and difference.max() <= 2, (seed, difference.max())
+        state = (torch.random.get_rng_state(), random.getstate())
+        _seed_all(seed)
+        ours.crop(pixels)
+        assert torch.equal(state[0], torch.random.get_rng_state()) and state[1] == random.getstate()
