@@ -236,6 +236,30 @@ def test_a_staged_file_holding_the_token_is_never_uploaded(hub, api, repo_id, ru
     assert not api.repo_exists(repo_id)
 
 
+def test_the_token_in_safetensors_metadata_is_found(hub, api, repo_id, run_dir, tmp_path):
+    """Tensor data is not searched, but the header's metadata (the file's only text) is."""
+    from safetensors.torch import load_file, save_file
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(run_dir, leaky)
+    save_file(load_file(str(leaky / "model.safetensors")), str(leaky / "model.safetensors"),
+              metadata={"format": "pt", "note": f"pushed with {hub.token}"})
+    with pytest.raises(HubError, match="model.safetensors contains the Hub token"):
+        push_to_hub(leaky, repo_id, token=hub.token)
+    assert not api.repo_exists(repo_id)
+
+
+def test_finite_weights_whose_sum_overflows_are_pushed(hub, api, repo_id, tmp_path):
+    """The fast check sums each tensor: finite values summing past float32's range must not be mistaken for inf."""
+    model = hubft.create_model("test_resnet", num_classes=2, pretrained=False)
+    with torch.no_grad():
+        model.fc.weight[0, :2] = 3e38
+    assert not torch.isfinite(model.fc.weight.sum()) and torch.isfinite(model.fc.weight).all()
+    hubft.save_pretrained(model, tmp_path / "big")
+    push_to_hub(tmp_path / "big", repo_id, token=hub.token)
+    assert api.file_exists(repo_id, "model.safetensors")
+
+
 @pytest.mark.parametrize("values", [[math.nan], [math.inf], [-math.inf], [math.inf, -math.inf]])
 def test_non_finite_weights_are_refused_before_any_request(hub, repo_id, tmp_path, values):
     model = hubft.create_model("test_resnet", num_classes=2, pretrained=False)
