@@ -31,6 +31,41 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model.safetensors"))
 
 
+def _deferred_check_refuses(config, data, tmp: Path) -> bool:
+    """An inf gradient at update 3 with the sync-free (deferred) check that CUDA uses: the run must stop naming
+    step 3, with weights, BatchNorm statistics and AdamW state equal to the update-2 checkpoint."""
+    import hubft
+    from hubft.errors import TrainingError
+    from hubft.faults import reset_fault_counts
+
+    os.environ["HUBFT_FAULT"] = "gradients@3:nan"
+    reset_fault_counts()
+    ft = hubft.Finetuner(config("poisoned", checkpoint_every=2, log_every=100))
+    try:
+        ft.setup()
+        if not ft.loop.deferred_check:
+            print("  gpu smoke: the deferred finite check is off on this GPU", flush=True)
+            return False
+        try:
+            ft.fit()
+            return False
+        except TrainingError as e:
+            if "step 3" not in str(e):
+                return False
+        step2 = tmp / "poisoned" / "checkpoints" / "step-00000002"
+        saved = _weights(step2)
+        now = ft.accelerator.unwrap_model(ft.model).state_dict()
+        same = all(torch.equal(saved[k], now[k].cpu()) for k in saved)
+        opt = torch.load(step2 / "optimizer.bin", weights_only=True)["state"]
+        state = ft.optimizer.state_dict()["state"]
+        return same and all(torch.equal(opt[k][n].cpu(), state[k][n].cpu()) for k in state
+                            for n in ("exp_avg", "exp_avg_sq", "step"))
+    finally:
+        ft.close()
+        del os.environ["HUBFT_FAULT"]
+        reset_fault_counts()
+
+
 def smoke(device: torch.device) -> list[Row]:
     """hubft.finetune on the GPU: accuracy on a learnable synthetic task, and resume vs uninterrupted weights."""
     import hubft
@@ -59,6 +94,7 @@ def smoke(device: torch.device) -> list[Row]:
         del os.environ["HUBFT_FAULT"]
         reset_fault_counts()
     hubft.finetune(config("resumed", resume="latest"), dataset=data)
+    refused = _deferred_check_refuses(config, data, tmp)
     a, b = _weights(tmp / "straight"), _weights(tmp / "resumed")
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     identical = all(torch.equal(a[k], b[k]) for k in a)
@@ -66,8 +102,13 @@ def smoke(device: torch.device) -> list[Row]:
     print(f"  gpu smoke: accuracy {acc:.3f} after {straight['steps']} updates; resumed run "
           f"{'bit-identical' if identical else f'max |dw| {diff:.2e}'}", flush=True)
     case = f"resnet18 @ 64 px, 8 synthetic classes, bf16, {torch.cuda.get_device_name(device)}"
+    print(f"  gpu smoke: inf gradient at update 3 {'refused, state = update 2' if refused else 'NOT REFUSED'}",
+          flush=True)
     return [Row(bench="GPU smoke", metric="hubft.finetune accuracy (chance 0.125)", case=case, value=acc, low=acc,
                 high=acc, pairs=1, unit="", note="4 epochs, default workers and side-stream prefetch"),
+            Row(bench="GPU smoke", metric="inf gradient at update 3: refused, state = update 2 (deferred check)",
+                case=case, value=float(refused), low=float(refused), high=float(refused), pairs=1, unit="",
+                note="1 = yes"),
             Row(bench="GPU smoke", metric="max |weight difference|, resumed vs uninterrupted", case=case,
                 value=diff, low=diff, high=diff, pairs=1, unit="",
                 note="bit-identical" if identical else "not bit-identical (cuDNN autotuning / atomics on GPU)")]
@@ -89,8 +130,10 @@ def run(reps: int, device: torch.device) -> list[Row]:
         for r in case_rows:  # as they come: a run cut short still leaves its finished cases on screen
             print(f"    {r.metric}: {r.value:.3f} ({r.low:.2f}-{r.high:.2f})", flush=True)
         if case.model == "resnet50" and case.size == 224:
-            detail = next(r.detail for r in case_rows if "images_per_s_median[hubft]" in r.detail)
-            for side in ("hubft", "plain"):
+            # timm's number comes from its benchmark.py, which trains on tensors already on the device: the same
+            # input as hubft's loop and the plain loop in ratio 1.
+            detail = next(r.detail for r in case_rows if "images_per_s_median[hubft_loop]" in r.detail)
+            for side in ("hubft_loop", "plain"):
                 # images/s, not a ratio: min-max come from the slowest and fastest repetition.
                 times = detail[f"times_s[{side}]"]
                 images = case.batch * case.updates

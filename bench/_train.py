@@ -332,6 +332,7 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
               "extra_ms_per_update[hubft_loop]": statistics.median(
                   (h - p) * 1e3 / case.updates for h, p in zip(times["hubft_loop"], times["plain"])),
               "images_per_s_median[hubft]": images / statistics.median(times["hubft"]),
+              "images_per_s_median[hubft_loop]": images / statistics.median(times["hubft_loop"]),
               "images_per_s_median[plain]": images / statistics.median(times["plain"]),
               "hubft_setup_s": hubft_run.setup_seconds}
     where = "GPU " if gpu else ""

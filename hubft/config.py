@@ -136,8 +136,9 @@ class TrainConfig:
     seed: int = _f(0, "Seed for data order, augmentation, head init and dropout.")
     check_gradients: bool = _f(
         True, "Refuse an update whose gradients hold NaN/inf, not only a non-finite loss: one read of every gradient "
-        "per update, about 5% of a small CPU step. With false a poisoned update is applied (and may be checkpointed) "
-        "and the next update's loss stops the run.")
+        "per update (about 2 ms for resnet18 on 2 CPU cores, 1-3% of a small step; no host sync on CUDA with a fused "
+        "optimizer). With false a poisoned update is applied (and may be checkpointed) and the next update's loss "
+        "stops the run.")
     output_dir: str = _f("outputs/run", "Where the model, logs, metrics and checkpoints go.")
     checkpoint_every: Optional[int] = _f(None, "Write a checkpoint every N optimizer updates (and each epoch end).")
     keep_checkpoints: int = _f(2, "Keep the last K complete checkpoints (never fewer than one).")

@@ -27,10 +27,11 @@ def prefetch_to_device(batches: Iterable, device: torch.device, *, ahead: bool =
 
     On CUDA with ``ahead`` the next batch is copied on a side stream while the caller works on the current one (the
     loader's pinned memory makes the copy asynchronous), as timm's ``PrefetchLoader`` does: the step never waits for
-    a host-to-device copy, and hubft's once-per-update host sync (the non-finite check) does not leave the GPU idle
-    while the next batch crosses the bus. The compute stream waits for the copy before it uses a batch, and each
-    batch's memory is tied to the compute stream, so the allocator cannot reuse it too early. Batches are then taken
-    from ``batches`` one ahead of the caller, so an error in the loader surfaces one batch early.
+    a host-to-device copy, and a host sync (a log line, a checkpoint, or the non-finite check with an optimizer that
+    has no fused kernel) does not leave the GPU idle while the next batch crosses the bus. The compute stream waits
+    for the copy before it uses a batch, and each batch's memory is tied to the compute stream, so the allocator
+    cannot reuse it too early. Batches are then taken from ``batches`` one ahead of the caller, so an error in the
+    loader surfaces one batch early.
 
     Otherwise (CPU, MPS, XPU, or ``ahead=False``) each batch is moved with a plain ``send_to_device`` when it is
     taken, never before. Reading ahead must be off under gradient accumulation: Accelerate decides an epoch's last

@@ -21,7 +21,8 @@ from hubft.errors import TrainingError
 def _config(rel, images, out, **train) -> dict:
     cfg = copy.deepcopy(rel.BASE)
     cfg["data"]["path"] = str(images)
-    cfg["train"].update(output_dir=str(out), grad_accum_steps=1, checkpoint_every=1, keep_checkpoints=5, **train)
+    cfg["train"].update({"output_dir": str(out), "grad_accum_steps": 1, "checkpoint_every": 1, "keep_checkpoints": 5}
+                        | train)
     return cfg
 
 
@@ -57,6 +58,55 @@ def test_a_non_finite_update_applies_nothing_and_writes_nothing(point, tmp_path,
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert not hub.requests, "nothing may reach the Hub"
+
+
+@pytest.mark.parametrize("point", ["loss", "gradients"])
+def test_the_deferred_check_skips_on_the_device_and_stops_one_update_later(point, tmp_path, images, rel,
+                                                                           monkeypatch, survival):
+    survival(f"{'a NaN loss' if point == 'loss' else 'an inf gradient'} at update 3 with the sync-free check CUDA "
+             "uses (run here on CPU): the flag is read one update late",
+             "the fused optimizer skips update 3; update 4's check stops the run naming step 3; parameters, AdamW "
+             "state (step counts too) and BatchNorm statistics, moved by two forward passes since, equal update 2's")
+    # No log line or checkpoint at update 3, both of which would read the flag at once.
+    cfg = _config(rel, images, tmp_path / "run", checkpoint_every=2, log_every=100)
+    monkeypatch.setenv("HUBFT_FAULT", f"{point}@3:nan")
+    ft = hubft.Finetuner(cfg)
+    try:
+        ft.setup()
+        assert not ft.loop.deferred_check, "on CPU the check reads its flag at once"
+        ft.loop.deferred_check = True
+        with pytest.raises(TrainingError, match=r"non-finite loss or gradients at epoch 0, step 3"):
+            ft.fit()
+        # Update 3 was counted as done (its flag not read yet); update 4 ran forward and backward, and its check
+        # raised before the micro-batch was counted.
+        assert (ft.loop.state.update, ft.loop.state.batches_in_epoch) == (3, 3)
+        step2 = tmp_path / "run" / "checkpoints" / "step-00000002"
+        saved = load_file(str(step2 / "model.safetensors"))
+        now = ft.accelerator.unwrap_model(ft.model).state_dict()
+        assert saved.keys() == now.keys()
+        assert all(torch.equal(saved[k], now[k]) for k in now), "weights or BatchNorm statistics moved"
+        opt = torch.load(step2 / "optimizer.bin", weights_only=True)["state"]
+        state = ft.optimizer.state_dict()["state"]
+        assert all(torch.equal(opt[k][n], state[k][n]) for k in state for n in ("exp_avg", "exp_avg_sq", "step"))
+    finally:
+        ft.close()
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1]
+
+
+def test_only_fused_optimizers_take_the_deferred_check(tmp_path, images, rel):
+    from hubft.train.loop import _takes_found_inf
+
+    for fused, expected in (("auto", True), (False, False)):
+        cfg = _config(rel, images, tmp_path / f"run-{fused}")
+        cfg["optim"]["fused"] = fused
+        ft = hubft.Finetuner(cfg)
+        try:
+            ft.setup()
+            assert _takes_found_inf(ft.optimizer) is expected
+        finally:
+            ft.close()
 
 
 def test_without_the_gradient_check_an_inf_gradient_is_caught_one_update_later(tmp_path, images, rel, monkeypatch):
