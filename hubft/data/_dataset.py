@@ -98,6 +98,11 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     is still checked here, cheaply, by :meth:`check_images`, so that an unreadable file stops a run before it
     writes anything rather than at the first batch that reads it.
 
+    ``normalize=False`` lets a cached dataset return the uint8 image before its float conversion and
+    normalisation when the transform allows it (:attr:`ImageTransform.defers_normalize`: no random erasing after
+    those steps); :attr:`normalized` says which items come out, and ``transform.normalize`` turns a batch of them
+    into exactly the normalised images. hubft's training loop normalises on the device this way.
+
     ``split`` names the split in error messages only (``"row 3 of the train split"``).
 
     Raises:
@@ -130,6 +135,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         *,
         cache: bool | Literal["auto"] = "auto",
         split: str | None = None,
+        normalize: bool = True,
     ) -> None:
         for column in (image_column, label_column):
             if column not in hf_dataset.features:
@@ -154,7 +160,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         self._cache: torch.Tensor | list[torch.Tensor] | None = None
         if self._wants_cache(cache):
             self._cache = self._build_cache()
+            #: Whether items are normalised float tensors (else uint8 images for ``transform.normalize``).
+            self.normalized = normalize or not transform.defers_normalize
         else:
+            self.normalized = True
             # Data small enough to cache is decoded once to check it (what building the cache would cost); larger
             # data gets the cheap check of every file's header and chunks.
             self.check_images(decode=self._wants_cache("auto"))
@@ -222,12 +231,16 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         if self._cache is not None:
-            source, apply = self._cache[index], self.transform.cache_finish
+            source = self._cache[index]
+            apply = self.transform.cache_finish if self.normalized else self._finish_uint8
         else:
             source, apply = self._decode(index), self.transform
         with _python_and_numpy_follow_torch() if self._stochastic else nullcontext():
             image = apply(source)
         return image, self._target(index)
+
+    def _finish_uint8(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.transform.cache_finish(pixels, normalize=False)
 
     def _read_labels(self, hf_dataset: datasets.Dataset) -> list:
         labels = hf_dataset.with_format("arrow")[self.label_column].to_pylist()

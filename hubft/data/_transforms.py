@@ -19,7 +19,7 @@ from PIL import Image
 from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform, resolve_data_config
 from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation, str_to_pil_interp
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, Normalize
 
 from hubft.errors import ConfigError
 
@@ -78,11 +78,16 @@ class ImageTransform:
                                         else step for step in self._primary.transforms]
             _posterize_to_black(self._secondary)
             self._secondary_needs_pil = bool(timm_kwargs.get("auto_augment"))
+            tail = self._final.transforms
         else:
             steps = list(self.transform.transforms)
             split = next(i for i, step in enumerate(steps) if isinstance(step, MaybeToTensor))
             self._geometry = type(self.transform)(steps[:split])
             self._tail = type(self.transform)(steps[split + 1:])
+            tail = self._tail.transforms
+        # After the uint8 stages only the float conversion and Normalize: the batch can be normalised instead.
+        self.defers_normalize = all(isinstance(step, (MaybeToTensor, Normalize)) for step in tail)
+        self._normalize_constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.transform(to_rgb(image))
@@ -118,9 +123,15 @@ class ImageTransform:
                 image = image.resize(size, resample=str_to_pil_interp(self.data_config["interpolation"]))
         return TF.pil_to_tensor(image).contiguous()
 
-    def cache_finish(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The per-epoch part, from a :meth:`cache_prepare` tensor to the normalised float tensor."""
+    def cache_finish(self, pixels: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """The per-epoch part, from a :meth:`cache_prepare` tensor to the normalised float tensor.
+
+        With ``normalize=False`` (only when :attr:`defers_normalize`) the uint8 image before the float conversion
+        is returned; :meth:`normalize` then gives exactly what ``normalize=True`` would have.
+        """
         if not self.training:
+            if not normalize:
+                return pixels
             # the same float conversion ToTensor applies to a PIL image, so the result is bit-identical
             return self._tail(pixels.to(torch.float32).div(255))
         pixels = self._primary(pixels)
@@ -128,7 +139,24 @@ class ImageTransform:
             pixels = TF.pil_to_tensor(self._secondary(TF.to_pil_image(pixels)))
         else:
             pixels = self._secondary(pixels)
+        if not normalize:
+            return pixels.contiguous()
         return self._final(pixels.to(torch.float32).div(255)).contiguous()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``(3, H, W)`` or a batch ``(B, 3, H, W)``, on any device, to normalised float32.
+
+        The same operations as the per-image float conversion and Normalize of :meth:`cache_finish`, so the result
+        is bit-identical; on a batch on the device they cost one pass over it instead of a copy per image on the
+        host, and the batch crosses the bus as uint8 (a quarter of the bytes).
+        """
+        constants = self._normalize_constants.get(pixels.device)
+        if constants is None:
+            mean, std = (torch.as_tensor(self.data_config[key], dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+                         for key in ("mean", "std"))
+            constants = self._normalize_constants[pixels.device] = (mean, std)
+        mean, std = constants
+        return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
 
 
 class _Uint8ResizedCrop:

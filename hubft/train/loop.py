@@ -201,6 +201,8 @@ class TrainLoop:
         ft, c, s, acc = self.ft, self.ft.config, self.state, self.ft.accelerator
         # Dropout / drop-path draw from torch's global RNG: seed it from the position in the run.
         _seed_device_rng(acc.device, mix_seed(c.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
+        if x.dtype == torch.uint8:  # cached images arrive as uint8 and are normalised here, on the device
+            x = ft.train_normalize(x)
         if ft.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.mixup is not None:
@@ -357,6 +359,8 @@ class TrainLoop:
         model.eval()
         logits, targets = [], []
         for x, y in _plain_worker_errors(ft.eval_dl):
+            if x.dtype == torch.uint8:
+                x = ft.eval_normalize(x)
             if ft.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with acc.autocast():

@@ -254,3 +254,35 @@ def test_bad_arguments(synthetic, tiny_cfg, build, error, words):
     with pytest.raises(error, match="Fix:") as info:
         build(synthetic, create_transforms(tiny_cfg, training=False))
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize(("training", "options"), [(False, {}), (True, {}), (True, {"auto_augment": "rand-m9-mstd0.5"}),
+                                                   (True, {"color_jitter": 0.4})])
+def test_uint8_items_normalise_to_exactly_the_float_items(synthetic, tiny_cfg, training, options):
+    """normalize=False hands out the cached uint8 images; transform.normalize, per image or on the stacked batch,
+    gives bit for bit what the dataset's own normalisation gives, augmentation included."""
+    tf = create_transforms(tiny_cfg, training=training, **options)
+    floats = ImageClassificationDataset(synthetic, tf, "image", "label", cache=True)
+    raw = ImageClassificationDataset(synthetic, tf, "image", "label", cache=True, normalize=False)
+    assert floats.normalized and not raw.normalized
+
+    def items(ds):
+        out = []
+        for i in range(len(ds)):
+            torch.manual_seed(i)  # the same augmentation draws for both datasets
+            out.append(ds[i][0])
+        return out
+
+    pixels, expected = items(raw), items(floats)
+    assert all(p.dtype == torch.uint8 for p in pixels) and all(e.dtype == torch.float32 for e in expected)
+    assert all(torch.equal(tf.normalize(p), e) for p, e in zip(pixels, expected))
+    assert torch.equal(tf.normalize(torch.stack(pixels)), torch.stack(expected))
+
+
+def test_random_erasing_or_no_cache_keeps_float_items(synthetic, tiny_cfg):
+    """Random erasing works on normalised images, and the uncached path is timm's PIL pipeline: both stay float."""
+    erasing = create_transforms(tiny_cfg, training=True, re_prob=0.5)
+    assert not erasing.defers_normalize
+    for tf, cache in ((erasing, True), (create_transforms(tiny_cfg, training=True), False)):
+        ds = ImageClassificationDataset(synthetic, tf, "image", "label", cache=cache, normalize=False)
+        assert ds.normalized and ds[0][0].dtype == torch.float32

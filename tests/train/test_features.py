@@ -164,3 +164,31 @@ def test_a_failed_cli_run_frees_its_model_before_returning(tmp_path, make_config
         assert refs and refs[0]() is None, "the failed run's Finetuner outlived the command"
     finally:
         gc.enable()
+
+
+def test_uint8_batches_train_exactly_as_float_batches(tmp_path, tiny_dataset, make_config, monkeypatch):
+    """The loop normalises uint8 batches on the device: the run is bit-identical to one whose items are
+    normalised one by one in the dataset."""
+    from hubft.data import ImageTransform
+
+    def first_batch_dtype(name: str) -> torch.dtype:
+        ft = hubft.Finetuner(make_config(tmp_path / "probe" / name), dataset=tiny_dataset)
+        try:
+            ft.setup()
+            return next(iter(ft.train_dl))[0].dtype
+        finally:
+            ft.close()
+
+    assert first_batch_dtype("uint8") == torch.uint8
+    hubft.finetune(make_config(tmp_path / "uint8", train={"max_updates": 4}), dataset=tiny_dataset)
+    original = ImageTransform.__init__
+
+    def per_item(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.defers_normalize = False
+
+    monkeypatch.setattr(ImageTransform, "__init__", per_item)
+    assert first_batch_dtype("float") == torch.float32, "the comparison run must normalise per item"
+    hubft.finetune(make_config(tmp_path / "float", train={"max_updates": 4}), dataset=tiny_dataset)
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("uint8", "float"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
