@@ -89,8 +89,8 @@ def run(reps: int, quick: bool, *, port: int, scratch: Path) -> list[Row]:
                 shutil.rmtree(pulled, ignore_errors=True)  # a fresh folder: no file is already there
                 current[side] = pulled / name
 
-        def push_raw() -> None:
-            repo_id = current["push_raw"]
+        def push_raw(side: str = "push_raw") -> None:
+            repo_id = current[side]
             api.create_repo(repo_id, exist_ok=True)
             api.upload_folder(folder_path=str(raw_dir), repo_id=repo_id, commit_message="Upload model")
 
@@ -98,12 +98,16 @@ def run(reps: int, quick: bool, *, port: int, scratch: Path) -> list[Row]:
             snapshot_download(source, local_dir=current["pull_raw"])
 
         sides = {"push_raw": push_raw, "push_hubft": lambda: push_to_hub(run_dir, current["push_hubft"]),
+                 "push_raw_again": lambda: push_raw("push_raw_again"),
                  "pull_raw": pull_raw, "pull_hubft": lambda: pull_from_hub(source, current["pull_hubft"])}
-        times = interleave(sides, reps, before=before)
+        # Each call is ~0.1-0.2 s and the local Hub's disk syncs make single calls vary 2x: twice the pairs.
+        times = interleave(sides, 2 * reps, before=before)
         os.environ.pop("HF_TOKEN", None)
 
     case = f"{model} run folder, {size_mb:.0f} MB, {len(list(raw_dir.iterdir()))} files"
     return [
+        speed_row(times, "push_raw_again", "push_raw", bench="4 hub transfer",
+                  metric="upload_folder / identical upload_folder (noise floor)", case=case),
         speed_row(times, "push_hubft", "push_raw", bench="4 hub transfer", metric="hubft push / upload_folder",
                   case=case, target=0.95),
         speed_row(times, "pull_hubft", "pull_raw", bench="4 hub transfer", metric="hubft pull / snapshot_download",
