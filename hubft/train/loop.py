@@ -496,7 +496,8 @@ def _plain_worker_errors(loader):
             last = next((line for line in reversed(text.splitlines()) if line.startswith("hubft.errors.")), None)
             if last is None:
                 raise
-            raise type(e)(last.split(": ", 1)[1].rstrip(".")) from None
+            message, _, fix = last.split(": ", 1)[1].partition(". Fix: ")
+            raise type(e)(message, fix=fix or None) from None
         yield batch
 
 

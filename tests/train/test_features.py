@@ -192,3 +192,25 @@ def test_uint8_batches_train_exactly_as_float_batches(tmp_path, tiny_dataset, ma
     hubft.finetune(make_config(tmp_path / "float", train={"max_updates": 4}), dataset=tiny_dataset)
     a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("uint8", "float"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        from hubft.errors import DataError
+
+        raise DataError(f"cannot decode the image in row {index}", fix="replace the file")
+
+
+def test_an_error_raised_in_a_worker_reads_as_the_original_one_liner():
+    """torch folds a worker's traceback into the message; the loop gives back the error as it was raised."""
+    from hubft.errors import DataError
+    from hubft.train.loop import _plain_worker_errors
+
+    loader = torch.utils.data.DataLoader(_Unreadable(), batch_size=2, num_workers=1)
+    with pytest.raises(DataError) as info:
+        next(_plain_worker_errors(loader))
+    assert str(info.value) == "cannot decode the image in row 0. Fix: replace the file"
+    assert info.value.fix == "replace the file"
