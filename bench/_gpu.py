@@ -38,10 +38,11 @@ def _deferred_check_refuses(config, data, tmp: Path) -> bool:
     from hubft.errors import TrainingError
     from hubft.faults import reset_fault_counts
 
-    os.environ["HUBFT_FAULT"] = "gradients@3:nan"
-    reset_fault_counts()
-    ft = hubft.Finetuner(config("poisoned", checkpoint_every=2, log_every=100))
+    ft = None
     try:
+        os.environ["HUBFT_FAULT"] = "gradients@3:nan"
+        reset_fault_counts()
+        ft = hubft.Finetuner(config("poisoned", checkpoint_every=2, log_every=100), dataset=data)
         ft.setup()
         if not ft.loop.deferred_check:
             print("  gpu smoke: the deferred finite check is off on this GPU", flush=True)
@@ -61,8 +62,9 @@ def _deferred_check_refuses(config, data, tmp: Path) -> bool:
         return same and all(torch.equal(opt[k][n].cpu(), state[k][n].cpu()) for k in state
                             for n in ("exp_avg", "exp_avg_sq", "step"))
     finally:
-        ft.close()
-        del os.environ["HUBFT_FAULT"]
+        if ft is not None:
+            ft.close()
+        os.environ.pop("HUBFT_FAULT", None)
         reset_fault_counts()
 
 

@@ -211,8 +211,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
             return None
-        # Try the non-string alternatives first so "3" becomes an int for Union[bool, int, str].
-        for arg in sorted(args, key=lambda a: a is str):
+        # Try the non-string alternatives first so "3" becomes an int for Union[bool, int, str], and int before
+        # bool for a number written as a string: "1" is one stage for model.freeze, not true.
+        numeric = isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        for arg in sorted(args, key=lambda a: (a is str, numeric and a is bool)):
             if arg is type(None):
                 continue
             try:

@@ -89,3 +89,12 @@ def test_parser_has_every_subcommand():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) >= {"finetune", "push", "pull", "plot-lr", "config", "hub"}
+
+
+def test_a_number_given_as_a_string_is_a_number_where_the_field_also_takes_bool():
+    """--model.freeze 1 freezes one stage; only true/false/yes/no are booleans there."""
+    from hubft.config import apply_overrides, FinetuneConfig
+
+    assert apply_overrides(FinetuneConfig(), {"model.freeze": "1"}).model.freeze == 1
+    assert apply_overrides(FinetuneConfig(), {"model.freeze": "true"}).model.freeze is True
+    assert apply_overrides(FinetuneConfig(), {"train.cpu": "1"}).train.cpu is True

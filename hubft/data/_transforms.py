@@ -154,9 +154,12 @@ class ImageTransform:
         if constants is None:
             mean, std = (torch.as_tensor(self.data_config[key], dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
                          for key in ("mean", "std"))
-            constants = self._normalize_constants[pixels.device] = (mean, std)
-        mean, std = constants
-        return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
+            # 255 as a tensor on the device: CUDA divides by a Python number as a multiplication by its reciprocal,
+            # one bit off the true division the CPU path does; by a device tensor it divides.
+            scale = torch.full((), 255.0, dtype=torch.float32, device=pixels.device)
+            constants = self._normalize_constants[pixels.device] = (scale, mean, std)
+        scale, mean, std = constants
+        return pixels.to(torch.float32).div_(scale).sub_(mean).div_(std)
 
 
 class _Uint8ResizedCrop:

@@ -214,12 +214,13 @@ def _refuse_token_in(staging: Path, token: str | bool | None) -> None:
     needle = secret.encode()
     for path in sorted(staging.iterdir()):
         with open(path, "rb") as f:
-            if path.suffix == ".safetensors":
-                header_size = int.from_bytes(f.read(8), "little")
+            size = os.fstat(f.fileno()).st_size
+            header_size = int.from_bytes(f.read(8), "little") if path.suffix == ".safetensors" else 0
+            if 0 < header_size <= size - 8:
                 found = needle in f.read(header_size)
-            elif os.fstat(f.fileno()).st_size == 0:
+            elif size == 0:
                 found = False
-            else:
+            else:  # any other file, or a .safetensors whose header length is not plausible: every byte
                 with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                     found = data.find(needle) != -1
         if found:
@@ -237,8 +238,13 @@ def _check_finite_weights(path: Path) -> None:
                 t = f.get_tensor(key)
                 # A NaN or an inf anywhere makes the sum non-finite: one pass, no per-element mask (15x faster
                 # than isfinite().all()). Only a sum that is not finite pays for the exact check, which tells a
-                # NaN/inf from finite values whose sum overflowed.
-                if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
+                # NaN/inf from finite values whose sum overflowed. Narrower floats are summed in float32 (float8
+                # has no sum of its own).
+                if not t.is_floating_point():
+                    continue
+                if t.dtype not in (torch.float32, torch.float64):
+                    t = t.float()
+                if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
                     raise WeightsError(f"{str(path)!r} holds non-finite values (NaN/inf) in {key!r}; refusing to "
                                        "push them", fix="resume from an earlier checkpoint with a lower LR, then push")
     except WeightsError:

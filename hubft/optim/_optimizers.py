@@ -32,6 +32,9 @@ _TORCH_LEFT_OUT = ("LBFGS", "SparseAdam", "Muon")
 # torch classes with a fused kernel on both CPU and CUDA (Adagrad's is CPU-only): one pass over each parameter per
 # update instead of about ten elementwise passes (AdamW on a 2-core CPU, resnet18: 27 ms -> 5 ms per update).
 _FUSED_CLASSES = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+# What "auto" fuses. Not SGD: torch's fused SGD starts the momentum of a whole group at once, and fails when some of
+# the group's parameters have momentum and others none yet (a body unfrozen by a freeze schedule).
+_AUTO_FUSED_CLASSES = (torch.optim.Adam, torch.optim.AdamW)
 # Options that choose an implementation already: "auto" leaves them to the caller.
 _IMPLEMENTATION_OPTIONS = ("fused", "foreach", "differentiable", "capturable")
 
@@ -161,7 +164,7 @@ def create_optimizer(
             )
     try:
         return info.optimizer_class(groups, **options)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError) as error:  # torch raises RuntimeError for fused + foreach
         raise ConfigError(
             f"optimizer {name!r} rejected its arguments {_short(options)}: {error}",
             fix=f"check the values against {info.optimizer_class.__module__}.{info.optimizer_class.__name__}",
@@ -171,11 +174,12 @@ def create_optimizer(
 def fused_options(name: str, fused: bool | str, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` for optimizer ``name`` with torch's fused implementation chosen as ``fused`` says.
 
-    ``"auto"`` adds ``fused=True`` for torch's Adam, AdamW and SGD (also under timm's names ``"adamw"``, ``"sgd"``,
-    ...) unless ``options`` already choose an implementation (``fused``, ``foreach``, ``differentiable`` or
+    ``"auto"`` adds ``fused=True`` for torch's Adam and AdamW (also under timm's names ``"adamw"``, ``"adam"``)
+    unless ``options`` already choose an implementation (``fused``, ``foreach``, ``differentiable`` or
     ``capturable``); the fused kernels update each parameter in one pass, on CPU and CUDA alike, with the same
-    arithmetic. ``True`` asks for ``fused=True`` and ``False`` leaves ``options`` as they are (torch's default
-    implementation).
+    arithmetic. ``True`` asks for ``fused=True`` (Adam, AdamW and SGD; torch's fused SGD cannot start the momentum
+    of parameters that a freeze schedule unfreezes later) and ``False`` leaves ``options`` as they are (torch's
+    default implementation).
 
     Raises:
         ConfigError: ``fused`` is true for an optimizer without a fused kernel, or is not a bool or ``"auto"``.
@@ -189,14 +193,18 @@ def fused_options(name: str, fused: bool | str, options: Mapping[str, Any]) -> d
     if fused not in (True, False, "auto"):
         raise ConfigError(f"optim.fused must be true, false or 'auto', got {fused!r}", fix="set optim.fused: auto")
     out = dict(options)
-    has_kernel = issubclass(get_optimizer_info(name).optimizer_class, _FUSED_CLASSES)
+    info = get_optimizer_info(name)
+    accepted = info.accepted_kwargs()
+    takes_fused = accepted is None or "fused" in accepted  # a subclass may not pass `fused` on
+    has_kernel = issubclass(info.optimizer_class, _FUSED_CLASSES) and takes_fused
     if fused is True:
         if not has_kernel:
             raise ConfigError(
                 f"optimizer {name!r} has no fused implementation in hubft's list (torch's Adam, AdamW and SGD)",
                 fix="set optim.fused: auto (or false), or pick adamw / adam / sgd")
         out["fused"] = True
-    elif fused == "auto" and has_kernel and not any(key in out for key in _IMPLEMENTATION_OPTIONS):
+    elif fused == "auto" and has_kernel and issubclass(info.optimizer_class, _AUTO_FUSED_CLASSES) \
+            and not any(key in out for key in _IMPLEMENTATION_OPTIONS):
         out["fused"] = True
     return out
 

@@ -167,7 +167,7 @@ class Finetuner:
             self.model.pretrained_cfg = {**self.model.pretrained_cfg, "input_size": (3, size, size)}
             self.model.pretrained_cfg.pop("test_input_size", None)
         if m.freeze not in (False, "none"):
-            freeze(self.model, stages=None if m.freeze in (True, "body") else int(m.freeze))
+            freeze(self.model, stages=None if m.freeze is True or m.freeze == "body" else int(m.freeze))
         self.channels_last = _use_channels_last(self.model, self.config.train.channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -228,6 +228,11 @@ class Finetuner:
         self.group_names = [g["name"] for g in groups]
         optimizer = create_optimizer(groups, c.optim.name, **fused_options(c.optim.name, c.optim.fused,
                                                                            c.optim.options))
+        if schedule_unfreezes and isinstance(optimizer, torch.optim.SGD) and any(
+                g.get("fused") and g.get("momentum") for g in optimizer.param_groups):
+            raise ConfigError("torch's fused SGD cannot start momentum for the parameters that model.unfreeze_epoch "
+                              "unfreezes later (it starts a whole group's momentum at once)",
+                              fix="set optim.fused: false (or auto) for SGD with a freeze schedule")
 
         # DDP registers only the parameters that require grad when it wraps the model: a body that a freeze schedule
         # unfreezes later must be registered now (and is "unused" until then).

@@ -63,8 +63,11 @@ class TrainLoop:
         self._bad = torch.zeros(())
         #: Whether the finite check is read one update late instead of syncing with the device every update (see the
         #: module docstring). True on CUDA with a found_inf-capable optimizer; tests turn it on elsewhere.
-        self.deferred_check = (ft.accelerator.device.type == "cuda" and ft.accelerator.mixed_precision != "fp16"
-                               and _takes_found_inf(ft.optimizer))
+        self.deferred_check = _defers_check(ft)
+        # The optimizer implementation the config chose (fused or not), per group: a checkpoint written with another
+        # one brings its own back with its param_groups, and resume puts these back.
+        self._implementation = [{k: g[k] for k in ("fused", "foreach") if k in g}
+                                for g in _inner_optimizer(ft.optimizer).param_groups]
         self._pending: _PendingCheck | None = None
         self._inputs = hashlib.sha256() if os.environ.get("HUBFT_TRACE_INPUTS") == "1" else None
 
@@ -108,6 +111,23 @@ class TrainLoop:
         self._saved = (s.update, s.epoch, s.batches_in_epoch)
         return path
 
+    def _restore_implementation(self) -> None:
+        """Put back the configured optimizer implementation after a checkpoint's param_groups replaced it.
+
+        ``load_state_dict`` takes every group setting from the checkpoint, ``fused`` included: without this, a
+        checkpoint written without the fused kernel would resume without it (and without the sync-free check).
+        A fused kernel keeps its step counts as float32 on the parameter's device.
+        """
+        inner = _inner_optimizer(self.ft.optimizer)
+        for group, implementation in zip(inner.param_groups, self._implementation):
+            group.update(implementation)
+            if group.get("fused"):
+                for p in group["params"]:
+                    step = inner.state.get(p, {}).get("step")
+                    if isinstance(step, torch.Tensor):
+                        inner.state[p]["step"] = step.to(dtype=torch.float32, device=p.device)
+        self.deferred_check = _defers_check(self.ft)
+
     def failure_exchange(self) -> Exchange | None:
         """A gather of every process's failure code, for :func:`~hubft.train.checkpoint.run_agreed`; None for one.
 
@@ -132,6 +152,7 @@ class TrainLoop:
             raise CheckpointError(f"checkpoint {str(path)!r} could not be loaded ({type(e).__name__}: {detail})",
                                   fix="resume from another checkpoint, or start a new run in another "
                                       "train.output_dir") from None
+        self._restore_implementation()
         state.compat = self.state.compat
         self.state = state
         if state.last_metrics is not None:
@@ -238,8 +259,7 @@ class TrainLoop:
                 if c.optim.clip_grad_norm is not None:
                     acc.clip_grad_norm_(ft.model.parameters(), c.optim.clip_grad_norm)
                 ft.optimizer.step()
-                if self.deferred_check:
-                    _inner_optimizer(ft.optimizer).found_inf = None
+                _inner_optimizer(ft.optimizer).found_inf = None
                 ft.optimizer.zero_grad(set_to_none=True)
         s.batches_in_epoch += 1
         self._loss_sum += loss.detach()
@@ -319,14 +339,16 @@ class TrainLoop:
         if acc.num_processes > 1:
             bad = acc.reduce(bad.clone(), "sum")
         step = self.state.update + 1
-        if self.deferred_check:
+        if self.deferred_check and _takes_found_inf(ft.optimizer):
             self.resolve_pending()  # the previous update's flag, computed long ago: reading it does not wait
             found_inf = (bad > 0).float()
             # The fused step skips the update on the device when found_inf is 1 (and takes back its step count).
             _inner_optimizer(ft.optimizer).found_inf = found_inf
             self._pending = _PendingCheck(found_inf, epoch, step, self._snapshot, self._buffers_saved)
-        elif float(bad) > 0:
-            self._refuse(epoch, step, self._snapshot, self._buffers_saved)
+        else:
+            self.resolve_pending()
+            if float(bad) > 0:
+                self._refuse(epoch, step, self._snapshot, self._buffers_saved)
 
     def resolve_pending(self) -> None:
         """Read the deferred finite check of the last update, if one is pending; raise if it was refused.
@@ -465,6 +487,11 @@ class _PendingCheck:
 
 def _inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps torch's
+
+
+def _defers_check(ft: "Finetuner") -> bool:
+    acc = ft.accelerator
+    return acc.device.type == "cuda" and acc.mixed_precision != "fp16" and _takes_found_inf(ft.optimizer)
 
 
 def _takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:

@@ -28,7 +28,7 @@ def lr_curve_for_config(config: FinetuneConfig, *, updates_per_epoch: int = 100,
     n = num_classes or (len(c.data.classes) if c.data.classes else 10)
     model = create_model(c.model.name, num_classes=n, pretrained=False, revision=c.model.revision)
     if c.model.freeze not in (False, "none"):
-        freeze(model, stages=None if c.model.freeze in (True, "body") else int(c.model.freeze))
+        freeze(model, stages=None if c.model.freeze is True or c.model.freeze == "body" else int(c.model.freeze))
     unfreezes = c.model.unfreeze_epoch is not None and c.model.freeze not in (False, "none")
     groups = param_groups(model, lr=c.optim.lr, weight_decay=c.optim.weight_decay, head_lr=c.optim.head_lr,
                           layer_decay=c.optim.layer_decay, include_frozen=unfreezes)

@@ -309,3 +309,28 @@ def test_valid_repo_ids_pass(repo_id):
     from hubft.hub.repo_id import check_repo_id
 
     assert check_repo_id(repo_id) == repo_id
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float64])
+def test_the_finite_check_reads_every_float_width(tmp_path, dtype):
+    from safetensors.torch import save_file
+
+    from hubft.hub.push import _check_finite_weights
+
+    big = torch.full((64,), 400.0).to(dtype)  # finite, but its float16 sum would overflow
+    save_file({"w": big, "steps": torch.arange(3)}, str(tmp_path / "ok.safetensors"))
+    _check_finite_weights(tmp_path / "ok.safetensors")
+    bad = big.clone()
+    bad[3] = float("nan")
+    save_file({"w": bad}, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(WeightsError, match="non-finite"):
+        _check_finite_weights(tmp_path / "nan.safetensors")
+
+
+def test_a_safetensors_file_with_an_implausible_header_length_is_searched_whole(tmp_path):
+    from hubft.hub.push import _refuse_token_in
+
+    token = "hf_" + "s" * 30
+    (tmp_path / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}" + token.encode())
+    with pytest.raises(HubError, match="model.safetensors contains the Hub token"):
+        _refuse_token_in(tmp_path, token)

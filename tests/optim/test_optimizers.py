@@ -124,10 +124,11 @@ def test_register_optimizer():
 
 @pytest.mark.parametrize("name", list_optimizers())
 def test_fused_auto_picks_torch_fused_kernels_only(name):
-    """auto fuses torch's Adam / AdamW / SGD (whatever the registry calls them) and leaves everything else alone."""
+    """auto fuses torch's Adam / AdamW (whatever the registry calls them) and leaves everything else alone, SGD
+    included: its fused kernel cannot start momentum for part of a group."""
     options = fused_options(name, "auto", {})
     cls = get_optimizer_info(name).optimizer_class
-    assert options == ({"fused": True} if issubclass(cls, (torch.optim.Adam, torch.optim.SGD)) else {})
+    assert options == ({"fused": True} if issubclass(cls, torch.optim.Adam) else {})
     assert fused_options(name, False, {}) == {}
 
 
@@ -136,17 +137,30 @@ def test_fused_optimizer_matches_the_default_implementation(name):
     """The fused kernel is the same update: a step of each lands on the same weights (to float rounding; over
     several steps Adam's normalisation blows the rounding of near-zero gradients up, so one step is compared)."""
     results = []
-    for fused in (False, "auto"):
+    for fused in (False, True):
         torch.manual_seed(0)
         model = _tiny_model()
         optimizer = create_optimizer(param_groups(model, lr=1e-2, weight_decay=0.01), name,
                                      **fused_options(name, fused, {}))
-        assert optimizer.param_groups[0].get("fused") is (True if fused == "auto" else None)
+        assert optimizer.param_groups[0].get("fused") is (True if fused else None)
         torch.manual_seed(1)
         _train_step(model, optimizer, False)
         results.append([p.detach().clone() for p in model.parameters()])
     for plain, fused in zip(*results):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_subclass_that_does_not_take_fused_is_left_alone_and_torch_refusals_are_config_errors():
+    class Plain(torch.optim.AdamW):
+        def __init__(self, params, lr=1e-3):
+            super().__init__(params, lr=lr)
+
+    register_optimizer(OptimizerInfo("plain_adamw_test", Plain), overwrite=True)
+    assert fused_options("plain_adamw_test", "auto", {}) == {}
+    with pytest.raises(ConfigError, match="no fused implementation"):
+        fused_options("plain_adamw_test", True, {})
+    with pytest.raises(ConfigError, match="rejected its arguments"):  # torch: RuntimeError for fused + foreach
+        create_optimizer(_tiny_model(), "adamw", lr=1e-3, **fused_options("adamw", True, {"foreach": True}))
 
 
 def test_fused_options_respects_an_explicit_implementation_and_refuses_what_cannot_fuse():

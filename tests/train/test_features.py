@@ -214,3 +214,46 @@ def test_an_error_raised_in_a_worker_reads_as_the_original_one_liner():
         next(_plain_worker_errors(loader))
     assert str(info.value) == "cannot decode the image in row 0. Fix: replace the file"
     assert info.value.fix == "replace the file"
+
+
+def test_freeze_1_freezes_one_stage_not_the_body(tmp_path, tiny_dataset, make_config):
+    """1 == True in Python: model.freeze: 1 must still mean the first stage only."""
+    ft = hubft.Finetuner(make_config(tmp_path, model={"freeze": 1}), dataset=tiny_dataset)
+    try:
+        ft.setup()
+        frozen = {n for n, p in ft.model.named_parameters() if not p.requires_grad}
+        trainable = {n for n, p in ft.model.named_parameters() if p.requires_grad}
+        assert frozen and any(not n.startswith(("fc.", "head")) for n in trainable)
+    finally:
+        ft.close()
+
+
+def test_fused_sgd_with_a_freeze_schedule_is_refused_and_auto_does_not_fuse_sgd(tmp_path, tiny_dataset, make_config):
+    from hubft.errors import ConfigError
+
+    schedule = {"freeze": 2, "unfreeze_epoch": 1}
+    with pytest.raises(ConfigError, match="fused SGD"):
+        hubft.finetune(make_config(tmp_path / "true", model=schedule, optim={"name": "sgd", "fused": True}),
+                       dataset=tiny_dataset)
+    result = hubft.finetune(make_config(tmp_path / "auto", model=schedule, optim={"name": "sgd"}),
+                            dataset=tiny_dataset)
+    assert result["steps"] > 0
+
+
+def test_resume_puts_back_the_configured_optimizer_kernel(tmp_path, tiny_dataset, make_config):
+    """A checkpoint written without the fused kernel brings fused=None back in its param_groups; resume restores
+    the configured one (step counts as the kernel keeps them), so the sync-free check can still use it."""
+    first = make_config(tmp_path, optim={"fused": False}, train={"epochs": 1, "checkpoint_every": 2})
+    hubft.finetune(first, dataset=tiny_dataset)
+    again = make_config(tmp_path, train={"epochs": 2, "resume": "latest"})
+    ft = hubft.Finetuner(again, dataset=tiny_dataset)
+    try:
+        ft.setup()
+        inner = ft.optimizer.optimizer
+        assert all(g["fused"] for g in inner.param_groups)
+        assert all(s["step"].dtype == torch.float32 for s in inner.state.values())
+        ft.loop.deferred_check = True  # what CUDA would use: found_inf reaches the fused step
+        ft.fit()
+        assert ft.loop.state.epoch == 2
+    finally:
+        ft.close()
