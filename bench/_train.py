@@ -323,7 +323,8 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
 
     data = hubft_run.data_seconds[-reps:]  # warm-up calls come first
     images = case.batch * case.updates
-    setting = f"{'bf16' if gpu else 'fp32'}, {'channels-last' if cl else 'contiguous'}{', fused AdamW' if fused else ''}"
+    setting = (f"{'bf16' if gpu else 'fp32'}, {'channels-last' if cl else 'contiguous'}"
+               f"{', fused AdamW' if fused else ''}")
     detail = {"channels_last": cl, "fused_optimizer": fused, "updates_per_rep": case.updates, "setting": setting,
               "hubft_data_share_median": statistics.median(d / t for d, t in zip(data, times["hubft"])),
               # What hubft adds per optimizer update, in ms: the whole run, and the loop alone.

@@ -152,8 +152,8 @@ class ImageTransform:
         """
         constants = self._normalize_constants.get(pixels.device)
         if constants is None:
-            mean, std = (torch.as_tensor(self.data_config[key], dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
-                         for key in ("mean", "std"))
+            mean, std = (torch.as_tensor(self.data_config[key], dtype=torch.float32, device=pixels.device)
+                         .view(-1, 1, 1) for key in ("mean", "std"))
             # 255 as a tensor on the device: CUDA divides by a Python number as a multiplication by its reciprocal,
             # one bit off the true division the CPU path does; by a device tensor it divides.
             scale = torch.full((), 255.0, dtype=torch.float32, device=pixels.device)

@@ -6,11 +6,9 @@ checkpoint replays exactly what the uninterrupted run would have done.
 
 A non-finite loss or gradient stops the run before the optimizer moves anything: parameters, optimizer state and
 the buffers the update's forward passes touched (BatchNorm statistics) are those of the previous update, and no
-checkpoint or output is written from them. On CUDA, with an optimizer whose step takes torch's ``found_inf`` flag
-(the fused Adam / AdamW / SGD that ``optim.fused: auto`` picks), the check costs no host sync: the flag is
-computed on the device, the fused kernel skips a flagged update there, and the host reads the flag one update
-later (or at the next log line, checkpoint or epoch end, which sync anyway), then restores the BatchNorm statistics
-of before the refused update and stops with the same error. With ``HUBFT_TRACE_INPUTS=1`` every logged step record carries
+checkpoint or output is written from them. On CUDA with a fused optimizer the check costs no host sync: the fused
+kernel skips a flagged update on the device, and the flag is read one update later, or at the next log line,
+checkpoint or epoch end (see :mod:`hubft.train.finite`). With ``HUBFT_TRACE_INPUTS=1`` every logged step record carries
 ``inputs``, a digest of the exact batches (images and targets) the update consumed: sample order and augmentation
 made visible, for the reliability tests that compare a resumed run with an uninterrupted one.
 """
@@ -31,6 +29,8 @@ from hubft.errors import CheckpointError, HubftError, TrainingError
 from hubft.faults import fault_point, fault_points_after_writes
 from hubft.losses import class_range_checked_upstream
 from hubft.train.checkpoint import Exchange, prune_checkpoints, run_agreed, write_checkpoint
+from hubft.train.finite import (BufferSnapshot, PendingCheck, defers_check, gradients_not_finite, inner_optimizer,
+                                takes_found_inf)
 from hubft.train.metrics import classification_metrics, multilabel_metrics
 from hubft.train.prefetch import prefetch_to_device
 from hubft.train.sampler import mix_seed
@@ -57,18 +57,18 @@ class TrainLoop:
         # The model's buffers (BatchNorm statistics) as they were before the update in progress, copied every update
         # into the same flat tensors: a refused update puts them back. Two snapshots, used in turn: with the deferred
         # check, the one from before the previous update is still needed.
-        self._snapshots: list[_BufferSnapshot] | None = None
+        self._snapshots: list[BufferSnapshot] | None = None
         self._snapshot = 0  # the snapshot of the update in progress
         self._buffers_saved = False
         self._bad = torch.zeros(())
         #: Whether the finite check is read one update late instead of syncing with the device every update (see the
         #: module docstring). True on CUDA with a found_inf-capable optimizer; tests turn it on elsewhere.
-        self.deferred_check = _defers_check(ft)
+        self.deferred_check = defers_check(ft)
         # The optimizer implementation the config chose (fused or not), per group: a checkpoint written with another
         # one brings its own back with its param_groups, and resume puts these back.
         self._implementation = [{k: g[k] for k in ("fused", "foreach") if k in g}
-                                for g in _inner_optimizer(ft.optimizer).param_groups]
-        self._pending: _PendingCheck | None = None
+                                for g in inner_optimizer(ft.optimizer).param_groups]
+        self._pending: PendingCheck | None = None
         self._inputs = hashlib.sha256() if os.environ.get("HUBFT_TRACE_INPUTS") == "1" else None
 
     # -- checkpoints --------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class TrainLoop:
         checkpoint written without the fused kernel would resume without it (and without the sync-free check).
         A fused kernel keeps its step counts as float32 on the parameter's device.
         """
-        inner = _inner_optimizer(self.ft.optimizer)
+        inner = inner_optimizer(self.ft.optimizer)
         for group, implementation in zip(inner.param_groups, self._implementation):
             group.update(implementation)
             if group.get("fused"):
@@ -126,7 +126,7 @@ class TrainLoop:
                     step = inner.state.get(p, {}).get("step")
                     if isinstance(step, torch.Tensor):
                         inner.state[p]["step"] = step.to(dtype=torch.float32, device=p.device)
-        self.deferred_check = _defers_check(self.ft)
+        self.deferred_check = defers_check(self.ft)
 
     def failure_exchange(self) -> Exchange | None:
         """A gather of every process's failure code, for :func:`~hubft.train.checkpoint.run_agreed`; None for one.
@@ -259,7 +259,7 @@ class TrainLoop:
                 if c.optim.clip_grad_norm is not None:
                     acc.clip_grad_norm_(ft.model.parameters(), c.optim.clip_grad_norm)
                 ft.optimizer.step()
-                _inner_optimizer(ft.optimizer).found_inf = None
+                inner_optimizer(ft.optimizer).found_inf = None
                 ft.optimizer.zero_grad(set_to_none=True)
         s.batches_in_epoch += 1
         self._loss_sum += loss.detach()
@@ -268,7 +268,7 @@ class TrainLoop:
     def _save_buffers(self) -> None:
         if self._snapshots is None:  # made once per epoch (train_epoch clears them): walking the modules is slow
             buffers = list(self.ft.model.buffers())
-            self._snapshots = [_BufferSnapshot(buffers), _BufferSnapshot(buffers)]
+            self._snapshots = [BufferSnapshot(buffers), BufferSnapshot(buffers)]
         self._snapshot = 1 - self._snapshot
         self._snapshots[self._snapshot].save()
         self._buffers_saved = True
@@ -326,25 +326,16 @@ class TrainLoop:
         acc, ft = self.ft.accelerator, self.ft
         if acc.mixed_precision != "fp16" and ft.config.train.check_gradients:
             # Gradients too (an inf * 0 can poison them under a finite loss); fp16's scaler handles its own infs.
-            groups: dict[tuple, list[torch.Tensor]] = {}
-            for p in ft.model.parameters():
-                if p.grad is not None:
-                    groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-            for grads in groups.values():
-                # GradScaler's own check: one foreach pass that sets a flag on the device, no reduction to read
-                # back (~25% cheaper than a total norm on CPU). "Unscaling" by 1 leaves every gradient as it is.
-                found = torch.zeros((), device=self._one.device)
-                torch._amp_foreach_non_finite_check_and_unscale_(grads, found, self._one)
-                bad = bad + found
+            bad = bad + gradients_not_finite(ft.model.parameters(), self._one)
         if acc.num_processes > 1:
             bad = acc.reduce(bad.clone(), "sum")
         step = self.state.update + 1
-        if self.deferred_check and _takes_found_inf(ft.optimizer):
+        if self.deferred_check and takes_found_inf(ft.optimizer):
             self.resolve_pending()  # the previous update's flag, computed long ago: reading it does not wait
             found_inf = (bad > 0).float()
             # The fused step skips the update on the device when found_inf is 1 (and takes back its step count).
-            _inner_optimizer(ft.optimizer).found_inf = found_inf
-            self._pending = _PendingCheck(found_inf, epoch, step, self._snapshot, self._buffers_saved)
+            inner_optimizer(ft.optimizer).found_inf = found_inf
+            self._pending = PendingCheck(found_inf, epoch, step, self._snapshot, self._buffers_saved)
         else:
             self.resolve_pending()
             if float(bad) > 0:
@@ -436,69 +427,6 @@ class TrainLoop:
         if s.best_epoch is None:
             return None
         return next((h for h in s.history if h["epoch"] == s.best_epoch), None)
-
-
-class _BufferSnapshot:
-    """A copy of a model's buffers in one flat tensor per dtype and device, saved and restored in place.
-
-    One ``cat`` per dtype: copying BatchNorm's ~60 small tensors one by one (even with one foreach call) cost about
-    0.5 ms per update on CPU, a ``cat`` into the same flat tensor about 0.1 ms.
-    """
-
-    def __init__(self, buffers: list[torch.Tensor]) -> None:
-        self.groups: dict[tuple, list[torch.Tensor]] = {}
-        for b in buffers:
-            self.groups.setdefault((b.dtype, b.device), []).append(b)
-        self.flat = {key: torch.empty(sum(b.numel() for b in group), dtype=key[0], device=key[1])
-                     for key, group in self.groups.items()}
-
-    @torch.no_grad()
-    def save(self) -> None:
-        for key, group in self.groups.items():
-            torch.cat([b.reshape(-1) for b in group], out=self.flat[key])
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for key, group in self.groups.items():
-            offset = 0
-            for b in group:
-                b.copy_(self.flat[key][offset:offset + b.numel()].view(b.shape))
-                offset += b.numel()
-
-
-class _PendingCheck:
-    """The finite check of one update, on its way from the device to a pinned host tensor."""
-
-    def __init__(self, found_inf: torch.Tensor, epoch: int, step: int, snapshot: int, buffers_saved: bool) -> None:
-        self.epoch, self.step, self.snapshot, self.buffers_saved = epoch, step, snapshot, buffers_saved
-        if found_inf.device.type == "cuda":
-            self.host = torch.empty((), dtype=found_inf.dtype, pin_memory=True)
-            self.host.copy_(found_inf, non_blocking=True)
-            self.done = torch.cuda.Event()
-            self.done.record()
-        else:
-            self.host, self.done = found_inf.detach().clone(), None
-
-    def refused(self) -> bool:
-        if self.done is not None:
-            self.done.synchronize()
-        return bool(self.host > 0)
-
-
-def _inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps torch's
-
-
-def _defers_check(ft: "Finetuner") -> bool:
-    acc = ft.accelerator
-    return acc.device.type == "cuda" and acc.mixed_precision != "fp16" and _takes_found_inf(ft.optimizer)
-
-
-def _takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the optimizer's step skips an update on the device when given ``found_inf`` (torch's fused kernels)."""
-    inner = _inner_optimizer(optimizer)
-    return bool(getattr(inner, "_step_supports_amp_scaling", False)) and all(
-        g.get("fused") for g in inner.param_groups)
 
 
 def _summary(metrics: dict) -> dict:

@@ -96,7 +96,7 @@ def test_the_deferred_check_skips_on_the_device_and_stops_one_update_later(point
 
 
 def test_only_fused_optimizers_take_the_deferred_check(tmp_path, images, rel):
-    from hubft.train.loop import _takes_found_inf
+    from hubft.train.finite import takes_found_inf
 
     for fused, expected in (("auto", True), (False, False)):
         cfg = _config(rel, images, tmp_path / f"run-{fused}")
@@ -104,7 +104,7 @@ def test_only_fused_optimizers_take_the_deferred_check(tmp_path, images, rel):
         ft = hubft.Finetuner(cfg)
         try:
             ft.setup()
-            assert _takes_found_inf(ft.optimizer) is expected
+            assert takes_found_inf(ft.optimizer) is expected
         finally:
             ft.close()
 
