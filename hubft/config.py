@@ -110,8 +110,8 @@ class OptimConfig:
     weight_decay: float = _f(0.05, "Weight decay (never applied to norms and biases).")
     clip_grad_norm: Optional[float] = _f(None, "Clip the gradient norm to this value.")
     fused: Union[bool, Literal["auto"]] = _f(
-        "auto", "torch's fused optimizer kernel: auto (for adam, adamw and sgd, unless options choose an "
-        "implementation), true or false (torch's default implementation).")
+        "auto", "torch's fused optimizer kernel: auto (for adam and adamw, unless options choose an implementation), "
+        "true (adam, adamw or sgd) or false (torch's default implementation).")
     options: dict = _f({}, "Extra optimizer keyword arguments, e.g. {betas: [0.9, 0.99]}.")
 
 

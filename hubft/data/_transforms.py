@@ -87,7 +87,7 @@ class ImageTransform:
             tail = self._tail.transforms
         # After the uint8 stages only the float conversion and Normalize: the batch can be normalised instead.
         self.defers_normalize = all(isinstance(step, (MaybeToTensor, Normalize)) for step in tail)
-        self._normalize_constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._normalize_constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.transform(to_rgb(image))
