@@ -85,3 +85,9 @@ def repo_id(hub, request: pytest.FixtureRequest) -> str:
     """A repo id no other test uses: the test's name plus a random suffix, in the hub user's namespace."""
     name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:50].strip("-")
     return f"{hub.user}/{name}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def free_port():
+    """A function that returns a free TCP port on 127.0.0.1 (torchrun's and accelerate launch's rendezvous)."""
+    return _free_port

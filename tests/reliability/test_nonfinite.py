@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -138,20 +137,14 @@ def test_the_cli_exits_3_with_the_step_and_no_traceback(tmp_path, make_config, h
     assert not (run / "checkpoints").exists() and not (run / "model.safetensors").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_an_inf_gradient_on_one_of_two_processes_stops_both(tmp_path, make_config, rel, survival):
+def test_an_inf_gradient_on_one_of_two_processes_stops_both(tmp_path, make_config, rel, survival, free_port):
     survival("an inf gradient on process 1 only (after DDP's all-reduce), update 3 of a 2-process torchrun run",
              "both processes stop at update 3 with the step named; checkpoints end at update 2; no model written")
     config = make_config(tmp_path, train={"grad_accum_steps": 1, "checkpoint_every": 1, "keep_checkpoints": 5})
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = rel.run_env(HUBFT_FAULT="gradients@3:nan", HUBFT_FAULT_RANK="1")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "--redirects", "3",
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "--redirects", "3",
                            "--log-dir", str(tmp_path / "logs"), "-m", "hubft.cli", "finetune", "--config",
                            str(config)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0

@@ -48,10 +48,10 @@ def images(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path, images):
+def test_torchrun_two_processes(tmp_path, images, free_port):
     out = tmp_path / "run"
     cfg_path = _write_config(tmp_path, images, out)
-    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
           "recipes/finetune.py", "--config", str(cfg_path)], tmp_path)
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -82,20 +82,12 @@ def test_torchrun_two_processes(tmp_path, images):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(tmp_path, images):
+def test_accelerate_launch_two_cpu_processes(tmp_path, images, free_port):
     out = tmp_path / "run"
     cfg_path = _write_config(tmp_path, images, out, epochs=1)
     _run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
           "recipes/finetune.py", "--config", str(cfg_path)], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run"]["processes"] == 2
     assert (out / "model.safetensors").is_file()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
