@@ -33,12 +33,10 @@ def gradients_not_finite(parameters: Iterable[torch.nn.Parameter], one: torch.Te
     for p in parameters:
         if p.grad is not None:
             groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
-    bad = torch.zeros((), device=one.device)
+    found = torch.zeros((), device=one.device)  # each group's pass sets it to 1 on a NaN/inf, as in GradScaler
     for grads in groups.values():
-        found = torch.zeros((), device=one.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
-        bad = bad + found
-    return bad
+    return found
 
 
 class BufferSnapshot:

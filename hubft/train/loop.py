@@ -8,9 +8,11 @@ A non-finite loss or gradient stops the run before the optimizer moves anything:
 the buffers the update's forward passes touched (BatchNorm statistics) are those of the previous update, and no
 checkpoint or output is written from them. On CUDA with a fused optimizer the check costs no host sync: the fused
 kernel skips a flagged update on the device, and the flag is read one update later, or at the next log line,
-checkpoint or epoch end (see :mod:`hubft.train.finite`). With ``HUBFT_TRACE_INPUTS=1`` every logged step record carries
-``inputs``, a digest of the exact batches (images and targets) the update consumed: sample order and augmentation
-made visible, for the reliability tests that compare a resumed run with an uninterrupted one.
+checkpoint or epoch end (see :mod:`hubft.train.finite`).
+
+With ``HUBFT_TRACE_INPUTS=1`` every logged step record carries ``inputs``, a digest of the exact batches (images
+and targets) the update consumed: sample order and augmentation made visible, for the reliability tests that
+compare a resumed run with an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from hubft.errors import CheckpointError, HubftError, TrainingError
 from hubft.faults import fault_point, fault_points_after_writes
 from hubft.losses import class_range_checked_upstream
 from hubft.train.checkpoint import Exchange, prune_checkpoints, run_agreed, write_checkpoint
-from hubft.train.finite import (BufferSnapshot, PendingCheck, defers_check, gradients_not_finite, inner_optimizer,
-                                takes_found_inf)
+from hubft.train.finite import BufferSnapshot, PendingCheck, defers_check, gradients_not_finite, inner_optimizer
 from hubft.train.metrics import classification_metrics, multilabel_metrics
 from hubft.train.prefetch import prefetch_to_device
 from hubft.train.sampler import mix_seed
@@ -330,7 +331,7 @@ class TrainLoop:
         if acc.num_processes > 1:
             bad = acc.reduce(bad.clone(), "sum")
         step = self.state.update + 1
-        if self.deferred_check and takes_found_inf(ft.optimizer):
+        if self.deferred_check:
             self.resolve_pending()  # the previous update's flag, computed long ago: reading it does not wait
             found_inf = (bad > 0).float()
             # The fused step skips the update on the device when found_inf is 1 (and takes back its step count).
