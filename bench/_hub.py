@@ -94,22 +94,26 @@ def run(reps: int, quick: bool, *, port: int, scratch: Path) -> list[Row]:
             api.create_repo(repo_id, exist_ok=True)
             api.upload_folder(folder_path=str(raw_dir), repo_id=repo_id, commit_message="Upload model")
 
-        def pull_raw() -> None:
-            snapshot_download(source, local_dir=current["pull_raw"])
+        def pull_raw(side: str = "pull_raw") -> None:
+            snapshot_download(source, local_dir=current[side])
 
-        sides = {"push_raw": push_raw, "push_hubft": lambda: push_to_hub(run_dir, current["push_hubft"]),
-                 "push_raw_again": lambda: push_raw("push_raw_again"),
-                 "pull_raw": pull_raw, "pull_hubft": lambda: pull_from_hub(source, current["pull_hubft"])}
-        # Each call is ~0.1-0.2 s and the local Hub's disk syncs make single calls vary 2x: twice the pairs.
-        times = interleave(sides, 2 * reps, before=before)
+        # Pushes and pulls in rounds of their own: a pull timed right after a push shared the disk with the Hub's
+        # syncs of the 45 MB the push had just written, which put 0.48-1.10 on one full run's pull line.
+        # Each call is ~0.1-0.2 s and single calls vary 2x: twice the pairs, and a noise floor for both.
+        push = interleave({"push_raw": push_raw, "push_hubft": lambda: push_to_hub(run_dir, current["push_hubft"]),
+                           "push_raw_again": lambda: push_raw("push_raw_again")}, 2 * reps, before=before)
+        pull = interleave({"pull_raw": pull_raw, "pull_hubft": lambda: pull_from_hub(source, current["pull_hubft"]),
+                           "pull_raw_again": lambda: pull_raw("pull_raw_again")}, 2 * reps, before=before)
         os.environ.pop("HF_TOKEN", None)
 
     case = f"{model} run folder, {size_mb:.0f} MB, {len(list(raw_dir.iterdir()))} files"
     return [
-        speed_row(times, "push_raw_again", "push_raw", bench="4 hub transfer",
+        speed_row(push, "push_raw_again", "push_raw", bench="4 hub transfer",
                   metric="upload_folder / identical upload_folder (noise floor)", case=case),
-        speed_row(times, "push_hubft", "push_raw", bench="4 hub transfer", metric="hubft push / upload_folder",
+        speed_row(push, "push_hubft", "push_raw", bench="4 hub transfer", metric="hubft push / upload_folder",
                   case=case, target=0.95),
-        speed_row(times, "pull_hubft", "pull_raw", bench="4 hub transfer", metric="hubft pull / snapshot_download",
+        speed_row(pull, "pull_raw_again", "pull_raw", bench="4 hub transfer",
+                  metric="snapshot_download / identical snapshot_download (noise floor)", case=case),
+        speed_row(pull, "pull_hubft", "pull_raw", bench="4 hub transfer", metric="hubft pull / snapshot_download",
                   case=case, target=0.95),
     ]
