@@ -198,6 +198,7 @@ class TrainLoop:
         dl.set_epoch(epoch) if hasattr(dl, "set_epoch") else ft.train_sampler.set_epoch(epoch)
         ft.model.train()
         self._snapshots, self._buffers_saved = None, False
+        self._params = list(ft.model.parameters())  # walking the modules every update costs 0.1-0.2 ms
         self._bad = torch.zeros((), device=acc.device)
         self._one = torch.ones((), device=acc.device)
         seen, t0 = 0, time.perf_counter()
@@ -254,7 +255,7 @@ class TrainLoop:
                 if self.has_frozen:
                     # Under DDP a frozen parameter may come back with a zero gradient: never let the optimizer
                     # (momentum, weight decay) move it.
-                    for p in ft.model.parameters():
+                    for p in self._params:
                         if not p.requires_grad:
                             p.grad = None
                 if c.optim.clip_grad_norm is not None:
@@ -327,7 +328,7 @@ class TrainLoop:
         acc, ft = self.ft.accelerator, self.ft
         if acc.mixed_precision != "fp16" and ft.config.train.check_gradients:
             # Gradients too (an inf * 0 can poison them under a finite loss); fp16's scaler handles its own infs.
-            bad = bad + gradients_not_finite(ft.model.parameters(), self._one)
+            bad = bad + gradients_not_finite(self._params, self._one)
         if acc.num_processes > 1:
             bad = acc.reduce(bad.clone(), "sum")
         step = self.state.update + 1
