@@ -102,7 +102,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="hubft vs hand-written baselines: paired, interleaved speed ratios.")
     parser.add_argument("--quick", action="store_true", help="smaller models and cases: a smoke run of every bench")
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
-    parser.add_argument("--reps", type=int, default=None, help="paired repetitions per line (default 15; quick 10)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="paired repetitions per line (default 15; quick and --gpu 10)")
     parser.add_argument("--gpu", action="store_true", help="ratios 1-2 and resnet50 images/s on the CUDA GPU")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench.json"), help="the JSON results file")
     args = parser.parse_args()
@@ -110,7 +111,7 @@ def main() -> int:
     unknown = sorted(set(only) - set(BENCHES))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}")
-    reps = args.reps or (10 if args.quick else 15)
+    reps = args.reps or (10 if args.quick or args.gpu else 15)
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu: torch sees no CUDA device")
     device = torch.device("cuda" if args.gpu else "cpu")
