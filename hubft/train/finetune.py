@@ -27,6 +27,7 @@ from hubft.faults import fault_point
 from hubft.train.checkpoint import (find_latest_checkpoint, recover_interrupted_checkpoints, remove_checkpoints,
                                     run_agreed, verify_checkpoint)
 from hubft.train.loop import TrainLoop
+from hubft.train.host_memory import reuse_host_memory
 from hubft.train.outputs import OutputWriter
 from hubft.train.mixing import check_mixing_loss, mixing_enabled
 from hubft.train.sampler import EpochSampler, SeededDataset
@@ -289,6 +290,7 @@ class Finetuner:
 
     def setup(self) -> None:
         """Every stage before training: data, model, training objects."""
+        self.reuses_host_memory = reuse_host_memory(self.config.train.reuse_host_memory, self.accelerator.device)
         self.setup_data()
         self.setup_model()
         self.setup_training()
