@@ -1,8 +1,11 @@
 """Ratio 6: do hubft's defaults use the hardware? Defaults vs a naive loop, bf16, and FLOP/s vs a GEMM.
 
-- hubft with every default (channels-last chosen automatically for conv nets, torch's fused AdamW kernel, fp32) vs
-  the naive plain loop that most scripts start as (contiguous NCHW, torch's default AdamW, fp32). Plain loops with
-  channels-last alone and with the fused optimizer alone are in the same rotation, to show where the gap comes from.
+- hubft with every default (channels-last chosen automatically for conv nets, torch's fused AdamW kernel, fp32,
+  host memory kept for reuse on CPU) vs the naive plain loop that most scripts start as (contiguous NCHW, torch's
+  default AdamW, fp32, glibc's malloc as it comes). ``train.reuse_host_memory`` is process-wide, so the naive loop
+  runs in a process of its own for that line, and a second one with the setting shows what it alone is worth.
+  Plain loops with channels-last alone and with the fused optimizer alone (in this process) are in the same
+  rotation, to show where the rest of the gap comes from.
 - ``train.mixed_precision: bf16`` vs hubft's default fp32 (CPU autocast; worth it only where the CPU has bf16
   instructions, e.g. AVX512-BF16 / AMX).
 - Achieved training FLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode, over hubft's measured
@@ -72,6 +75,56 @@ def autocast_dtype(run: HubftRun) -> torch.dtype:
     return seen[0]
 
 
+_CHILD = """
+import sys, time, torch
+from bench._train import Case, PlainLoop, memory_batches
+from hubft.train.host_memory import reuse_host_memory
+case = Case(sys.argv[1], *map(int, sys.argv[2:4]), updates=int(sys.argv[4]))
+reuse = sys.argv[5] == "1"
+if reuse and not reuse_host_memory(True, torch.device("cpu")):
+    sys.exit("train.reuse_host_memory could not be applied here")
+device = torch.device("cpu")
+loop = PlainLoop(case, memory_batches(case, device), device, channels_last=False)
+print("ready", flush=True)
+for _ in sys.stdin:
+    loop()
+    print("done", flush=True)
+"""
+
+
+class FreshProcess:
+    """A naive plain loop in a Python process of its own, one repetition per call.
+
+    ``train.reuse_host_memory`` is process-wide: once hubft has set up a run in this process, every plain loop here
+    gets it too. These sides show what it is worth, and keep the "naive" side of the defaults line naive.
+    """
+
+    def __init__(self, case: Case, reuse_host_memory: bool) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        args = [sys.executable, "-c", _CHILD, case.model, str(case.size), str(case.batch), str(case.updates),
+                str(int(reuse_host_memory))]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=Path(__file__).resolve().parents[1])
+        self._expect("ready")
+
+    def _expect(self, word: str) -> None:
+        line = self.proc.stdout.readline().strip()
+        if line != word:
+            raise RuntimeError(f"the plain loop's process answered {line!r} (exit code {self.proc.poll()})")
+
+    def __call__(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self._expect("done")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
     batches = memory_batches(case, device)
     hubft_fp32 = HubftRun(case, device)
@@ -84,8 +137,14 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
     if not uses_fused(hubft_fp32):
         raise RuntimeError("hubft's defaults did not pick the fused AdamW kernel")
     gemm = Gemm()
-    times = interleave({"naive": naive, "plain_channels_last": plain_cl, "plain_fused": plain_fused,
-                        "hubft": hubft_fp32, "hubft_bf16": hubft_bf16, "gemm": gemm}, reps)
+    fresh, fresh_reusing = FreshProcess(case, False), FreshProcess(case, True)
+    try:
+        times = interleave({"naive": naive, "plain_channels_last": plain_cl, "plain_fused": plain_fused,
+                            "hubft": hubft_fp32, "hubft_bf16": hubft_bf16, "gemm": gemm,
+                            "naive_fresh": fresh, "naive_fresh_reusing": fresh_reusing}, reps)
+    finally:
+        fresh.close()
+        fresh_reusing.close()
 
     flops = training_flops(case, device) * case.updates
     # Per pair: (training FLOP/s) / (GEMM FLOP/s) = (flops / t_hubft) / (gemm.flops / t_gemm).
@@ -95,9 +154,14 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
     cl = hubft_fp32.channels_last
     label = case.label
     return [
-        speed_row(times, "hubft", "naive", bench="6 hardware", metric="hubft defaults / naive fp32 NCHW loop",
-                  case=f"{label} (hubft chose {'channels-last' if cl else 'contiguous'}, fused AdamW)",
-                  target=1.15),
+        speed_row(times, "hubft", "naive_fresh", bench="6 hardware",
+                  metric="hubft defaults / naive fp32 NCHW loop in a process of its own",
+                  case=f"{label} (hubft chose {'channels-last' if cl else 'contiguous'}, fused AdamW, reused host "
+                       "memory)", target=1.15),
+        speed_row(times, "hubft", "naive", bench="6 hardware",
+                  metric="hubft defaults / naive loop in hubft's process (reusing host memory too)", case=label),
+        speed_row(times, "naive_fresh_reusing", "naive_fresh", bench="6 hardware",
+                  metric="train.reuse_host_memory alone (naive loops, processes of their own)", case=label),
         speed_row(times, "plain_channels_last", "naive", bench="6 hardware",
                   metric="channels-last alone (plain loops)", case=label),
         speed_row(times, "plain_fused", "naive", bench="6 hardware",
