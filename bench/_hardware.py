@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import statistics
 
 import torch
@@ -108,7 +110,11 @@ class FreshProcess:
                 str(int(reuse_host_memory))]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      cwd=Path(__file__).resolve().parents[1])
-        self._expect("ready")
+        try:
+            self._expect("ready")
+        except Exception:
+            self.close()
+            raise
 
     def _expect(self, word: str) -> None:
         line = self.proc.stdout.readline().strip()
@@ -121,8 +127,14 @@ class FreshProcess:
         self._expect("done")
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        import subprocess
+
+        try:
+            self.proc.stdin.close()  # the child's loop ends with its input
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):  # a child that died (broken pipe) or hangs
+            self.proc.kill()
+            self.proc.wait()
 
 
 def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
@@ -137,14 +149,14 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
     if not uses_fused(hubft_fp32):
         raise RuntimeError("hubft's defaults did not pick the fused AdamW kernel")
     gemm = Gemm()
-    fresh, fresh_reusing = FreshProcess(case, False), FreshProcess(case, True)
-    try:
-        times = interleave({"naive": naive, "plain_channels_last": plain_cl, "plain_fused": plain_fused,
-                            "hubft": hubft_fp32, "hubft_bf16": hubft_bf16, "gemm": gemm,
-                            "naive_fresh": fresh, "naive_fresh_reusing": fresh_reusing}, reps)
-    finally:
-        fresh.close()
-        fresh_reusing.close()
+    sides = {"naive": naive, "plain_channels_last": plain_cl, "plain_fused": plain_fused, "hubft": hubft_fp32,
+             "hubft_bf16": hubft_bf16, "gemm": gemm}
+    reusing = platform.libc_ver()[0] == "glibc"  # train.reuse_host_memory tunes glibc's malloc; elsewhere a no-op
+    with contextlib.ExitStack() as stack:
+        for name, reuse in (("naive_fresh", False), ("naive_fresh_reusing", True))[:2 if reusing else 1]:
+            sides[name] = FreshProcess(case, reuse)
+            stack.callback(sides[name].close)
+        times = interleave(sides, reps)
 
     flops = training_flops(case, device) * case.updates
     # Per pair: (training FLOP/s) / (GEMM FLOP/s) = (flops / t_hubft) / (gemm.flops / t_gemm).
@@ -156,12 +168,13 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
     return [
         speed_row(times, "hubft", "naive_fresh", bench="6 hardware",
                   metric="hubft defaults / naive fp32 NCHW loop in a process of its own",
-                  case=f"{label} (hubft chose {'channels-last' if cl else 'contiguous'}, fused AdamW, reused host "
-                       "memory)", target=1.15),
-        speed_row(times, "hubft", "naive", bench="6 hardware",
-                  metric="hubft defaults / naive loop in hubft's process (reusing host memory too)", case=label),
-        speed_row(times, "naive_fresh_reusing", "naive_fresh", bench="6 hardware",
-                  metric="train.reuse_host_memory alone (naive loops, processes of their own)", case=label),
+                  case=f"{label} (hubft chose {'channels-last' if cl else 'contiguous'}, fused AdamW"
+                       f"{', reused host memory' if reusing else ''})", target=1.15),
+        speed_row(times, "hubft", "naive", bench="6 hardware", case=label,
+                  metric=f"hubft defaults / naive loop in hubft's process{' (reusing host memory too)' * reusing}"),
+        *([speed_row(times, "naive_fresh_reusing", "naive_fresh", bench="6 hardware",
+                     metric="train.reuse_host_memory alone (naive loops, processes of their own)", case=label)]
+          if reusing else []),
         speed_row(times, "plain_channels_last", "naive", bench="6 hardware",
                   metric="channels-last alone (plain loops)", case=label),
         speed_row(times, "plain_fused", "naive", bench="6 hardware",

@@ -11,13 +11,13 @@ Both settings must go together: a trim threshold alone switches off glibc's adap
 every large block is mmapped, which made the same update twice as slow.
 
 The settings are process-wide and stay for the life of the process (DataLoader workers forked later inherit them);
-freed memory is reused by the process, not returned, so its resident size stays at its high-water mark.
+freed memory is reused by the process, not returned, so its resident size stays at its high-water mark. With
+jemalloc or tcmalloc preloaded, glibc's malloc is not the one in use and the settings change nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import platform
 
@@ -39,8 +39,7 @@ def _glibc_mallopt():
     if platform.libc_ver()[0] != "glibc":
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
@@ -54,10 +53,11 @@ def reuse_host_memory(setting: bool | str, device: torch.device) -> bool:
     applies them on any device; ``False`` leaves malloc alone. Off glibc nothing can be applied and the answer is
     False, whatever the setting.
     """
-    if setting is False or (setting == "auto" and device.type != "cpu"):
+    if not (device.type == "cpu" if setting == "auto" else bool(setting)):
         return False
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False
-    # mallopt returns 1 on success.
+    # mallopt returns 1 on success. The mmap threshold first: where 32 MiB is above glibc's ceiling (32-bit builds)
+    # it is refused, and the trim threshold is then left alone too (alone, it would pin the mmap threshold low).
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

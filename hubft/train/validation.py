@@ -40,6 +40,8 @@ def validate_config(config: FinetuneConfig) -> None:
     need(0 < c.train.ema_decay < 1, "train.ema_decay", c.train.ema_decay, "in (0, 1)")
     need(c.train.channels_last in ("auto", True, False), "train.channels_last", c.train.channels_last,
          "auto, true or false")
+    need(c.train.reuse_host_memory in ("auto", True, False), "train.reuse_host_memory", c.train.reuse_host_memory,
+         "auto, true or false")
     need(c.optim.lr > 0, "optim.lr", c.optim.lr, "> 0")
     need(c.optim.head_lr is None or c.optim.head_lr > 0, "optim.head_lr", c.optim.head_lr, "null or > 0")
     need(c.optim.layer_decay is None or 0 < c.optim.layer_decay <= 1, "optim.layer_decay", c.optim.layer_decay,
