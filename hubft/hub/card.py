@@ -125,8 +125,9 @@ def _base_model_license(base: dict, token: str | bool | None) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _local_name(path: str | None) -> str | None:
-    return Path(path.rstrip("/\\")).name if path else None
+def local_name(path: str | None) -> str | None:
+    """The last component of a local path, POSIX or Windows (how the card and the uploaded config show it)."""
+    return re.split(r"[\\/]", path.rstrip("/\\"))[-1] if path else None
 
 
 def _dataset_names(ds: dict) -> tuple[str | None, str, str]:
@@ -136,7 +137,7 @@ def _dataset_names(ds: dict) -> tuple[str | None, str, str]:
     kind = ds.get("kind") or "unknown"
     if kind == "python" or not ds.get("dataset"):
         return None, "custom", "an in-memory dataset"
-    name = _local_name(ds["dataset"])
+    name = local_name(ds["dataset"])
     return None, kind, f"local {kind} `{name}`"
 
 
@@ -152,7 +153,7 @@ def _base_label(base: dict, model: dict) -> str:
     if base.get("repo_id"):
         return base["repo_id"]
     if base.get("kind") == "local":
-        return f"local directory `{_local_name(base.get('path') or base.get('source'))}`"
+        return f"local directory `{local_name(base.get('path') or base.get('source'))}`"
     return base.get("source") or model.get("architecture") or "unknown"
 
 

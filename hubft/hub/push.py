@@ -2,8 +2,9 @@
 
 Only an allowlist of files is uploaded (weights, timm config, card, training config, metrics, plots): checkpoints,
 logs, a stray ``.env`` and anything else in the folder stay local. The files are staged in a temporary directory
-(hard links, plus the card rendered for the real repo id and validated there), so the run directory itself is
-never changed, whether the push succeeds or not.
+(hard links, plus the card rendered for the real repo id and validated there, and ``config.yaml`` with absolute
+local paths cut to their last component, as the card shows them), so the run directory itself is never changed,
+whether the push succeeds or not.
 
 Why a retried push makes exactly one commit: every attempt reads the branch head and commits with it as
 ``parent_commit``. huggingface_hub leaves out of a commit the files the head already holds, so an attempt that
@@ -19,6 +20,7 @@ import hashlib
 import logging
 import mmap
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from hubft.errors import HubError, WeightsError
 from hubft.hub._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
-from hubft.hub.card import PLOTS, write_model_card
+from hubft.hub.card import PLOTS, local_name, write_model_card
 from hubft.hub.repo_id import check_repo_id
 from hubft.train.checkpoint import sha256_file
 
@@ -188,16 +190,57 @@ def _remote_matches(api: HfApi, repo_id: str, revision: str, staging: Path) -> b
 
 
 def _stage(out: Path, staging: Path, repo_id: str, token: str | bool | None) -> None:
-    """Link the allowlisted files into ``staging`` and write the card for ``repo_id`` there (validated)."""
+    """Link the allowlisted files into ``staging`` and write the card for ``repo_id`` there (validated).
+
+    ``config.yaml`` is uploaded with its local paths cut to their last component, as the card shows them.
+    """
     for name in UPLOAD_ALLOWLIST:
         src = out / name
         if name == "README.md" or not src.is_file():
+            continue
+        public = _public_config(src) if name == "config.yaml" else None
+        if public is not None:
+            (staging / name).write_text(public, encoding="utf-8")
             continue
         try:
             os.link(src, staging / name)
         except OSError:  # another filesystem, or links not supported
             shutil.copy2(src, staging / name)
     write_model_card(out, repo_id=repo_id, token=token, path=staging / "README.md")
+
+
+def _public_config(path: Path) -> str | None:
+    """``config.yaml`` with the run's absolute local paths (the output, data and resume directories, a
+    ``local-dir:`` backbone) cut to their last component: the repo is public, the user's directory layout is not.
+    None when nothing needs to change, or the file is not a mapping (it is uploaded as it is)."""
+    import yaml
+
+    try:
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    changed = False
+
+    def shorten(section: str, key: str, prefix: str = "") -> None:
+        nonlocal changed
+        values = config.get(section)
+        value = values.get(key) if isinstance(values, dict) else None
+        if not isinstance(value, str) or not value.startswith(prefix):
+            return
+        local = value[len(prefix):]
+        # Absolute or home-relative paths only: a relative one ("outputs/run") says nothing about the machine.
+        if not (os.path.isabs(local) or local.startswith("~") or re.match(r"[A-Za-z]:[\\/]", local)):
+            return
+        values[key] = prefix + local_name(local)
+        changed = True
+
+    shorten("model", "name", "local-dir:")
+    shorten("data", "path")
+    shorten("train", "output_dir")
+    shorten("train", "resume")
+    return yaml.safe_dump(config, sort_keys=False) if changed else None
 
 
 def _refuse_token_in(staging: Path, token: str | bool | None) -> None:

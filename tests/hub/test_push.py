@@ -334,3 +334,38 @@ def test_a_safetensors_file_with_an_implausible_header_length_is_searched_whole(
     (tmp_path / "model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}" + token.encode())
     with pytest.raises(HubError, match="model.safetensors contains the Hub token"):
         _refuse_token_in(tmp_path, token)
+
+
+@pytest.mark.parametrize("where", ["/home/alice/projects/pets", "~/projects/pets", "C:\\Users\\alice\\pets"])
+def test_the_uploaded_config_keeps_only_the_last_component_of_local_paths(hub, api, repo_id, tmp_path, where):
+    import yaml
+    from huggingface_hub import hf_hub_download
+
+    out = _write_run(tmp_path / "run")
+    sep = "\\" if ":" in where else "/"
+    config = {"model": {"name": f"local-dir:{where}{sep}backbone"},
+              "data": {"name": None, "path": f"{where}{sep}images"},
+              "train": {"output_dir": f"{where}{sep}runs{sep}pets", "resume": f"{where}{sep}runs{sep}old{sep}step-3",
+                        "epochs": 2},
+              "hub": {"license": "mit"}}
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = _digest(out)
+
+    push_to_hub(out, repo_id, token=hub.token)
+    uploaded = open(hf_hub_download(repo_id, "config.yaml", cache_dir=str(tmp_path / "dl"), token=hub.token)).read()
+
+    assert "alice" not in uploaded and "Users" not in uploaded and "~" not in uploaded
+    assert yaml.safe_load(uploaded) == {"model": {"name": "local-dir:backbone"}, "data": {"name": None, "path": "images"},
+                                        "train": {"output_dir": "pets", "resume": "step-3", "epochs": 2},
+                                        "hub": {"license": "mit"}}
+    assert _digest(out) == before  # the local run keeps its paths
+
+
+def test_a_config_without_absolute_paths_is_uploaded_byte_for_byte(tmp_path):
+    from hubft.hub.push import _public_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("# mine\ntrain:\n  output_dir: outputs/run\n  resume: latest\ndata:\n  path: data/pets\n")
+    assert _public_config(path) is None
+    path.write_text("[not, a, mapping]\n")
+    assert _public_config(path) is None
