@@ -2,9 +2,9 @@
 
 Only an allowlist of files is uploaded (weights, timm config, card, training config, metrics, plots): checkpoints,
 logs, a stray ``.env`` and anything else in the folder stay local. The files are staged in a temporary directory
-(hard links, plus the card rendered for the real repo id and validated there, and ``config.yaml`` with absolute
-local paths cut to their last component, as the card shows them), so the run directory itself is never changed,
-whether the push succeeds or not.
+(hard links, plus the card rendered for the real repo id and validated there, and the configs and metrics with
+absolute local paths cut to their last component, as the card shows them), so the run directory itself is never
+changed, whether the push succeeds or not.
 
 Why a retried push makes exactly one commit: every attempt reads the branch head and commits with it as
 ``parent_commit``. huggingface_hub leaves out of a commit the files the head already holds, so an attempt that
@@ -192,13 +192,14 @@ def _remote_matches(api: HfApi, repo_id: str, revision: str, staging: Path) -> b
 def _stage(out: Path, staging: Path, repo_id: str, token: str | bool | None) -> None:
     """Link the allowlisted files into ``staging`` and write the card for ``repo_id`` there (validated).
 
-    ``config.yaml`` is uploaded with its local paths cut to their last component, as the card shows them.
+    ``config.yaml``, ``config.json`` and ``metrics.json`` go up with absolute local paths cut to their last
+    component (:func:`_public_copy`), as the card shows them.
     """
     for name in UPLOAD_ALLOWLIST:
         src = out / name
         if name == "README.md" or not src.is_file():
             continue
-        public = _public_config(src) if name == "config.yaml" else None
+        public = _public_copy(src) if name in _PUBLIC_COPIES else None
         if public is not None:
             (staging / name).write_text(public, encoding="utf-8")
             continue
@@ -209,38 +210,49 @@ def _stage(out: Path, staging: Path, repo_id: str, token: str | bool | None) -> 
     write_model_card(out, repo_id=repo_id, token=token, path=staging / "README.md")
 
 
-def _public_config(path: Path) -> str | None:
-    """``config.yaml`` with the run's absolute local paths (the output, data and resume directories, a
-    ``local-dir:`` backbone) cut to their last component: the repo is public, the user's directory layout is not.
-    None when nothing needs to change, or the file is not a mapping (it is uploaded as it is)."""
+_PUBLIC_COPIES = ("config.yaml", "config.json", "metrics.json")
+"""Text files whose absolute local paths are cut to their last component on the way up."""
+_ABSOLUTE_PATH = re.compile(r"(local-dir:)?(/|\\\\|~[/\\\\]|[A-Za-z]:[/\\\\])")
+_NOT_PATHS = frozenset({"label_names", "classes", "labels"})
+"""Keys whose strings are class names, whatever they look like ("/r/aww" is a label, not a directory)."""
+
+
+def _public_copy(path: Path) -> str | None:
+    """The file at ``path`` with every absolute local path in it cut to its last component (a ``local-dir:``
+    prefix kept), as the card shows them: the repo is public, the user's directory layout is not. The run's output,
+    data and resume directories and a local backbone are recorded in ``config.yaml``, ``config.json`` (the backbone's
+    provenance) and ``metrics.json``. None when nothing needs to change, or the file does not parse (it is uploaded
+    as it is, byte for byte)."""
+    import json
+
     import yaml
 
     try:
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else \
+            yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, ValueError, yaml.YAMLError):
         return None
-    if not isinstance(config, dict):
+    public, changed = _cut_local_paths(data)
+    if not changed:
         return None
-    changed = False
+    if path.suffix == ".json":  # indented as their writers indent them (timm's config.json: 2)
+        return json.dumps(public, indent=2 if path.name == "config.json" else 1)
+    return yaml.dump(public, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, allow_unicode=True)
 
-    def shorten(section: str, key: str, prefix: str = "") -> None:
-        nonlocal changed
-        values = config.get(section)
-        value = values.get(key) if isinstance(values, dict) else None
-        if not isinstance(value, str) or not value.startswith(prefix):
-            return
-        local = value[len(prefix):]
-        # Absolute or home-relative paths only: a relative one ("outputs/run") says nothing about the machine.
-        if not (os.path.isabs(local) or local.startswith("~") or re.match(r"[A-Za-z]:[\\/]", local)):
-            return
-        values[key] = prefix + local_name(local)
-        changed = True
 
-    shorten("model", "name", "local-dir:")
-    shorten("data", "path")
-    shorten("train", "output_dir")
-    shorten("train", "resume")
-    return yaml.safe_dump(config, sort_keys=False) if changed else None
+def _cut_local_paths(value):
+    """``(value with every absolute-path string cut to its last component, whether any was)``, recursively."""
+    if isinstance(value, dict):
+        items = [(k, *(_cut_local_paths(v) if k not in _NOT_PATHS else (v, False))) for k, v in value.items()]
+        return {k: v for k, v, _ in items}, any(c for _, _, c in items)
+    if isinstance(value, list):
+        items = [_cut_local_paths(v) for v in value]
+        return [v for v, _ in items], any(c for _, c in items)
+    match = _ABSOLUTE_PATH.match(value) if isinstance(value, str) else None
+    if match is None:
+        return value, False
+    return (match.group(1) or "") + (local_name(value[len(match.group(1) or ""):]) or ""), True
 
 
 def _refuse_token_in(staging: Path, token: str | bool | None) -> None:

@@ -337,35 +337,53 @@ def test_a_safetensors_file_with_an_implausible_header_length_is_searched_whole(
 
 
 @pytest.mark.parametrize("where", ["/home/alice/projects/pets", "~/projects/pets", "C:\\Users\\alice\\pets"])
-def test_the_uploaded_config_keeps_only_the_last_component_of_local_paths(hub, api, repo_id, tmp_path, where):
+def test_uploaded_configs_and_metrics_keep_only_the_last_component_of_local_paths(hub, api, repo_id, tmp_path, where):
     import yaml
     from huggingface_hub import hf_hub_download
 
-    out = _write_run(tmp_path / "run")
+    out = _write_run(tmp_path / "run", labels=("/r/aww", "dog", "fox"))  # a label is not a path, whatever it looks like
     sep = "\\" if ":" in where else "/"
     config = {"model": {"name": f"local-dir:{where}{sep}backbone"},
-              "data": {"name": None, "path": f"{where}{sep}images"},
+              "data": {"name": None, "path": f"{where}{sep}images", "classes": ["/r/aww", "dog"]},
               "train": {"output_dir": f"{where}{sep}runs{sep}pets", "resume": f"{where}{sep}runs{sep}old{sep}step-3",
                         "epochs": 2},
               "hub": {"license": "mit"}}
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    model_config = json.loads((out / "config.json").read_text())
+    model_config["hubft"]["source"] = {"kind": "local", "source": f"local-dir:{where}{sep}backbone",
+                                       "path": f"{where}{sep}backbone"}
+    (out / "config.json").write_text(json.dumps(model_config, indent=2))
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["run"] = {"base_model": model_config["hubft"]["source"], "dataset": {"kind": "folder",
+                                                                                 "dataset": f"{where}{sep}images"}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     before = _digest(out)
 
     push_to_hub(out, repo_id, token=hub.token)
-    uploaded = open(hf_hub_download(repo_id, "config.yaml", cache_dir=str(tmp_path / "dl"), token=hub.token)).read()
 
-    assert "alice" not in uploaded and "Users" not in uploaded and "~" not in uploaded
-    assert yaml.safe_load(uploaded) == {"model": {"name": "local-dir:backbone"}, "data": {"name": None, "path": "images"},
-                                        "train": {"output_dir": "pets", "resume": "step-3", "epochs": 2},
-                                        "hub": {"license": "mit"}}
+    def uploaded(name: str) -> str:
+        return open(hf_hub_download(repo_id, name, cache_dir=str(tmp_path / "dl"), token=hub.token)).read()
+
+    for name in ("config.yaml", "config.json", "metrics.json", "README.md"):
+        text = uploaded(name)
+        assert "alice" not in text and "Users" not in text and "~" not in text, name
+    assert yaml.safe_load(uploaded("config.yaml")) == {
+        "model": {"name": "local-dir:backbone"}, "data": {"name": None, "path": "images", "classes": ["/r/aww", "dog"]},
+        "train": {"output_dir": "pets", "resume": "step-3", "epochs": 2}, "hub": {"license": "mit"}}
+    pushed_config = json.loads(uploaded("config.json"))
+    assert pushed_config["hubft"]["source"] == {"kind": "local", "source": "local-dir:backbone", "path": "backbone"}
+    assert pushed_config["label_names"] == ["/r/aww", "dog", "fox"]
+    assert {k: v for k, v in pushed_config.items() if k != "hubft"} == \
+        {k: v for k, v in model_config.items() if k != "hubft"}  # the rest of timm's config is untouched
+    assert json.loads(uploaded("metrics.json"))["run"]["dataset"] == {"kind": "folder", "dataset": "images"}
     assert _digest(out) == before  # the local run keeps its paths
 
 
-def test_a_config_without_absolute_paths_is_uploaded_byte_for_byte(tmp_path):
-    from hubft.hub.push import _public_config
+def test_files_without_absolute_paths_are_uploaded_as_they_are(tmp_path):
+    from hubft.hub.push import _public_copy
 
     path = tmp_path / "config.yaml"
     path.write_text("# mine\ntrain:\n  output_dir: outputs/run\n  resume: latest\ndata:\n  path: data/pets\n")
-    assert _public_config(path) is None
-    path.write_text("[not, a, mapping]\n")
-    assert _public_config(path) is None
+    assert _public_copy(path) is None  # no copy: the file is linked, comments and all
+    path.write_text("[not, a, mapping: [\n")
+    assert _public_copy(path) is None
