@@ -78,7 +78,7 @@ def autocast_dtype(run: HubftRun) -> torch.dtype:
 
 
 _CHILD = """
-import sys, time, torch
+import sys, torch
 from bench._train import Case, PlainLoop, memory_batches
 from hubft.train.host_memory import reuse_host_memory
 case = Case(sys.argv[1], *map(int, sys.argv[2:4]), updates=int(sys.argv[4]))

@@ -212,7 +212,7 @@ def _stage(out: Path, staging: Path, repo_id: str, token: str | bool | None) -> 
 
 _PUBLIC_COPIES = ("config.yaml", "config.json", "metrics.json")
 """Text files whose absolute local paths are cut to their last component on the way up."""
-_ABSOLUTE_PATH = re.compile(r"(local-dir:)?(/|\\\\|~[/\\\\]|[A-Za-z]:[/\\\\])")
+_ABSOLUTE_PATH = re.compile(r"(local-dir:)?(/|\\\\|~[/\\]|[A-Za-z]:[/\\])")  # POSIX, UNC, home, drive
 _NOT_PATHS = frozenset({"label_names", "classes", "labels"})
 """Keys whose strings are class names, whatever they look like ("/r/aww" is a label, not a directory)."""
 
@@ -252,7 +252,8 @@ def _cut_local_paths(value):
     match = _ABSOLUTE_PATH.match(value) if isinstance(value, str) else None
     if match is None:
         return value, False
-    return (match.group(1) or "") + (local_name(value[len(match.group(1) or ""):]) or ""), True
+    prefix = match.group(1) or ""
+    return prefix + (local_name(value[len(prefix):]) or ""), True
 
 
 def _refuse_token_in(staging: Path, token: str | bool | None) -> None:

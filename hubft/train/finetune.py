@@ -26,8 +26,8 @@ from hubft.errors import ConfigError, DataError, HubftError, TrainingError
 from hubft.faults import fault_point
 from hubft.train.checkpoint import (find_latest_checkpoint, recover_interrupted_checkpoints, remove_checkpoints,
                                     run_agreed, verify_checkpoint)
-from hubft.train.loop import TrainLoop
 from hubft.train.host_memory import reuse_host_memory
+from hubft.train.loop import TrainLoop
 from hubft.train.outputs import OutputWriter
 from hubft.train.mixing import check_mixing_loss, mixing_enabled
 from hubft.train.sampler import EpochSampler, SeededDataset
