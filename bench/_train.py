@@ -300,8 +300,8 @@ class HubftRun:
 def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = False) -> list[Row]:
     """Ratios 1 and 2 for one case; the same rounds also give the share of hubft's time spent on its input path.
 
-    ``noise_floor`` adds a second, identical plain loop to the rotation: how far from 1.0 the ratio of two equal
-    sides lands in this run tells how much a line's distance from its target can be trusted.
+    ``noise_floor`` adds a second, identical plain loop and Accelerate loop to the rotation: how far from 1.0 the
+    ratio of two equal sides lands in this run tells how much a line's distance from its target can be trusted.
     """
     gpu = device.type == "cuda"
     mixed_precision = "bf16" if gpu else "no"
@@ -326,6 +326,8 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
              "hubft_on_loader": on_loader, "hubft_unchecked": unchecked}
     if noise_floor:
         sides["plain_again"] = PlainLoop(case, batches, device, channels_last=cl, amp=amp, fused=fused)
+        sides["accelerate_again"] = AccelerateLoop(case, batches, device, channels_last=cl,
+                                                   mixed_precision=mixed_precision, fused=fused)
     times = interleave(sides, reps)
 
     data = hubft_run.data_seconds[-reps:]  # warm-up calls come first
@@ -348,6 +350,9 @@ def measure(case: Case, device: torch.device, reps: int, *, noise_floor: bool = 
     if noise_floor:
         rows.append(speed_row(times, "plain_again", "plain", bench=f"1 {where}throughput",
                               metric="plain / identical plain (noise floor)", case=f"{case.label} ({setting})"))
+        rows.append(speed_row(times, "accelerate_again", "accelerate", bench=f"2 {where}throughput",
+                              metric="Accelerate loop / identical Accelerate loop (noise floor)",
+                              case=f"{case.label} ({setting})"))
     label = f"{case.label} ({setting})"
     return rows + [
         speed_row(times, "hubft_loop", "plain", bench=f"1 {where}throughput",
