@@ -12,7 +12,7 @@ The public API, by stage:
 - The Hub: :func:`push_to_hub`, :func:`pull_from_hub`, ``hubft.testing.LocalHub``.
 """
 
-__version__ = "0.1.0"
+from hubft._version import __version__
 
 from hubft.errors import (
     CheckpointError,
@@ -37,7 +37,7 @@ _LAZY = {
     "hubft.train.finetune": ("finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE"),
     "hubft.train.lr_preview": ("lr_curve_for_config",),
     "hubft.hub.push": ("push_to_hub", "pull_from_hub"),
-    "hubft.hub.checkpoints": ("CheckpointPusher", "download_checkpoint"),
+    "hubft.train.hub_checkpoints": ("CheckpointPusher", "download_checkpoint"),
     "hubft.cli": ("parse_finetune_args",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}

@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from hubft.errors import ConfigError
+from hubft.errors import ConfigError, one_line
 
 __all__ = [
     "FinetuneConfig",
@@ -341,7 +341,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML ({' '.join(str(e).split())})",
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML ({one_line(e)})",
                               fix="check the YAML syntax near the line named") from None
     config = config_from_dict(data)
     return apply_overrides(config, overrides or {})

@@ -61,3 +61,17 @@ class TrainingError(HubftError):
     """Training cannot continue (e.g. a non-finite loss); the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """The text of ``error`` on one line, whitespace runs folded to one space, cut to ``limit`` characters.
+
+    What hubft shows of a library's own message inside one of its errors: a multi-line message from torch or a
+    server would otherwise break the one-line error the CLI prints.
+
+    Examples:
+        >>> one_line(ValueError("shape mismatch:\\n  expected 3\\n  got 4"))
+        'shape mismatch: expected 3 got 4'
+    """
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hubft.errors import HubError
-from hubft.train.checkpoint import atomic_write_text
+from hubft.errors import HubError, one_line
+from hubft.files import atomic_write_text
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCardData
@@ -354,7 +354,7 @@ def validate_model_card(text: str, expected: ModelCardData | None = None) -> Non
     try:
         card = ModelCard(text, ignore_metadata_errors=False)
     except Exception as e:
-        raise HubError(f"the model card's metadata is invalid ({' '.join(str(e).split())[:300]})",
+        raise HubError(f"the model card's metadata is invalid ({one_line(e)})",
                        fix="report this as a hubft bug; nothing was uploaded") from None
     missing = [k for k in ("library_name", "pipeline_tag", "tags") if not getattr(card.data, k, None)]
     if missing:

@@ -26,11 +26,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubft.errors import HubError, WeightsError
-from hubft.hub._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
+from hubft.errors import HubError, WeightsError, one_line
+from hubft.hub.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
 from hubft.hub.card import PLOTS, local_name, write_model_card
+from hubft.files import sha256_file
 from hubft.hub.repo_id import check_repo_id
-from hubft.train.checkpoint import sha256_file
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -74,7 +74,7 @@ def push_to_hub(
         create_pr: Open a pull request instead of committing to the branch.
         commit_message: Default: "Upload fine-tuned model with hubft".
         token: A Hub token; default: ``HF_TOKEN`` or the stored login. Never written or logged anywhere.
-        retry: How failing steps are retried; default :data:`hubft.hub._retry.DEFAULT_RETRY` (5 retries,
+        retry: How failing steps are retried; default :data:`hubft.hub.retry.DEFAULT_RETRY` (5 retries,
             1-8 s apart, as huggingface_hub's ``http_backoff``).
 
     Returns:
@@ -306,7 +306,7 @@ def _check_finite_weights(path: Path) -> None:
     except WeightsError:
         raise
     except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
-        raise WeightsError(f"{str(path)!r} is not a readable safetensors file ({' '.join(str(e).split())[:200]})",
+        raise WeightsError(f"{str(path)!r} is not a readable safetensors file ({one_line(e)})",
                            fix="save the model again with hubft.save_pretrained") from None
 
 
@@ -316,7 +316,7 @@ def _push_error(error: Exception, out: Path, repo_id: str, policy: RetryPolicy) 
     status = status_of(error)
     intact = f"the run directory {str(out)!r} is unchanged"
     again = f"`hubft push {out} {repo_id}` (safe to repeat: files the repo already holds are not committed again)"
-    first_line = " ".join(str(error).split())[:200]
+    first_line = one_line(error)
     if status is None:
         return HubError(f"the Hub at {constants.ENDPOINT} is unreachable ({type(error).__name__}: {first_line}) "
                         f"after {policy.max_retries + 1} attempts; {intact}",

@@ -24,9 +24,9 @@ from timm.models._hub import load_model_config_from_path, save_config_for_hf
 from torch import nn
 
 from hubft.errors import ModelError
+from hubft.files import atomic_write
 from hubft.models._fetch import SourceFiles
 from hubft.models._labels import labels_from_config
-from hubft.models._weights import atomic_write
 
 __all__ = ["HUBFT_KEY", "SourceConfig", "read_config", "write_config"]
 

@@ -12,7 +12,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Offl
 from timm.models import adapt_input_conv
 from torch import nn
 
-from hubft.errors import ConfigError, HubError, HubftError, ModelError, WeightsError
+from hubft.errors import ConfigError, HubError, HubftError, ModelError, WeightsError, one_line
 from hubft.models._config import SourceConfig, read_config
 from hubft.models._fetch import SourceFiles, unreachable_error, fetch_source_files
 from hubft.models._head import head_module_names, is_head_key, reset_head
@@ -226,25 +226,25 @@ def _build(name: str, *, pretrained: bool, cache_dir: str | None, kwargs: dict[s
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as err:
         raise unreachable_error(f"the pretrained weights of {spec.spec!r}") from err
     except HfHubHTTPError as err:
-        raise HubError(f"downloading the pretrained weights of {spec.spec!r} failed: {_one_line(err)}",
+        raise HubError(f"downloading the pretrained weights of {spec.spec!r} failed: {one_line(err)}",
                        fix="retry later, or pass pretrained=False for random weights") from err
     except OSError as err:
-        raise HubError(f"cannot download the pretrained weights of {spec.spec!r}: {_one_line(err)}",
+        raise HubError(f"cannot download the pretrained weights of {spec.spec!r}: {one_line(err)}",
                        fix="check the network, point at weights on disk with 'local-dir:PATH', or pass "
                            "pretrained=False") from err
     except TypeError as err:
-        raise ConfigError(f"timm cannot build {name!r} with arguments {sorted(kwargs)}: {_one_line(err)}",
+        raise ConfigError(f"timm cannot build {name!r} with arguments {sorted(kwargs)}: {one_line(err)}",
                           fix="remove or rename the model argument timm does not accept") from err
     except RuntimeError as err:
         if pretrained and ("state_dict" in str(err) or "size mismatch" in str(err)):
-            raise WeightsError(f"the pretrained weights of {spec.spec!r} do not fit: {_one_line(err)}",
+            raise WeightsError(f"the pretrained weights of {spec.spec!r} do not fit: {one_line(err)}",
                                fix="drop model arguments that change weight shapes, or pass pretrained=False"
                                ) from err
-        raise ModelError(f"timm cannot build {spec.spec!r}: {_one_line(err)}",
+        raise ModelError(f"timm cannot build {spec.spec!r}: {one_line(err)}",
                          fix="pass pretrained=False if it has no pretrained weights, or check the model "
                              "arguments") from err
     except (ValueError, AssertionError) as err:
-        raise ConfigError(f"timm cannot build {name!r} with arguments {sorted(kwargs)}: {_one_line(err)}",
+        raise ConfigError(f"timm cannot build {name!r} with arguments {sorted(kwargs)}: {one_line(err)}",
                           fix="check the model arguments (e.g. img_size, in_chans)") from err
 
 
@@ -262,6 +262,3 @@ def _attach_metadata(model: nn.Module, *, labels: tuple[str, ...] | None, head_r
     model.pretrained_cfg = model.default_cfg = cfg
     model.label_names = list(labels) if labels else None
 
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:500]

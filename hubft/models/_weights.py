@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import safetensors.torch
@@ -13,8 +12,9 @@ from safetensors import SafetensorError
 from torch import nn
 
 from hubft.errors import WeightsError
+from hubft.files import atomic_write
 
-__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "PICKLE_SUFFIXES", "atomic_write", "load_strict", "read_safetensors",
+__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "PICKLE_SUFFIXES", "load_strict", "read_safetensors",
            "write_safetensors"]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -93,23 +93,6 @@ def write_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Pat
         seen.add(storage)
         tensors[key] = value
     atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"}))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then move it onto ``path`` in one step.
-
-    Readers see the old file or the complete new one, never a partial write; on any error the temporary file is
-    removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    # A fresh name rather than mkstemp: the writer creates the file itself, so it gets the usual permissions.
-    tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _listing(items: list[str]) -> str:

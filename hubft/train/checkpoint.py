@@ -22,7 +22,6 @@ the process-group timeout.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from typing import Callable, Sequence, TypeVar
 
 from hubft.errors import CheckpointError, TrainingError
 from hubft.faults import fault_point
+from hubft.files import atomic_write_text, fsync_dir, sha256_file
 
 __all__ = [
     "MANIFEST",
@@ -48,7 +48,6 @@ __all__ = [
     "prune_checkpoints",
     "interrupted_run",
     "remove_checkpoints",
-    "atomic_write_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,42 +68,6 @@ Exchange = Callable[[int], Sequence[int]]
 class CheckpointInfo:
     path: Path
     step: int
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def run_agreed(action: Callable[[], T], exchange: Exchange | None) -> T:
@@ -208,7 +171,7 @@ def write_checkpoint(
                 "files": {str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in files},
             }
             atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             fault_point("checkpoint_before_rename")
             _publish(tmp, final)
             fault_point("checkpoint_after_rename")
@@ -235,7 +198,7 @@ def _publish(tmp: Path, final: Path) -> None:
         os.replace(final, old)
         fault_point("checkpoint_replacing")
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -347,7 +310,7 @@ def recover_interrupted_checkpoints(root: str | os.PathLike, report: Callable[[s
         except CheckpointError:
             continue
         os.replace(p, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         report(f"hubft: recovered checkpoint {final.name}: it was complete, but a crash interrupted its rename")
 
 

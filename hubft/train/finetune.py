@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, load_config
-from hubft.errors import ConfigError, DataError, HubftError, TrainingError
+from hubft.errors import ConfigError, DataError, HubftError, TrainingError, one_line
 from hubft.faults import fault_point
 from hubft.train.checkpoint import (find_latest_checkpoint, recover_interrupted_checkpoints, remove_checkpoints,
                                     run_agreed, verify_checkpoint)
@@ -128,7 +128,7 @@ class Finetuner:
         except (ValueError, ImportError) as e:
             raise ConfigError(
                 f"Accelerate refused train.cpu={c.train.cpu!r}, train.mixed_precision={c.train.mixed_precision!r}, "
-                f"train.log_with={c.train.log_with!r}: {' '.join(str(e).split())[:300]}",
+                f"train.log_with={c.train.log_with!r}: {one_line(e)}",
                 fix="use mixed_precision 'no' on CPU, and a log_with tracker that is installed (or null)") from None
         self.output = OutputWriter(Path(c.train.output_dir), is_main=self.accelerator.is_main_process)
 
@@ -280,7 +280,7 @@ class Finetuner:
                 acc.print(f"hubft: removed the checkpoints of the earlier, finished run in {c.train.output_dir}")
             self.output.truncate_log(0)
         if c.hub.push_checkpoints and acc.is_main_process:
-            from hubft.hub.checkpoints import CheckpointPusher
+            from hubft.train.hub_checkpoints import CheckpointPusher
 
             self.checkpoint_pusher = CheckpointPusher(c.hub.repo_id, c.hub.checkpoint_branch, private=c.hub.private)
         if c.train.log_with:
@@ -379,7 +379,7 @@ class Finetuner:
         """
         root, acc = Path(self.config.train.output_dir) / "checkpoints", self.accelerator
         if resume.startswith("hub:"):
-            from hubft.hub.checkpoints import download_checkpoint
+            from hubft.train.hub_checkpoints import download_checkpoint
 
             with acc.main_process_first():  # one download into the shared cache, then the others read it
                 return download_checkpoint(resume)

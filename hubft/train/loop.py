@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from hubft.errors import CheckpointError, HubftError, TrainingError
+from hubft.errors import CheckpointError, HubftError, TrainingError, one_line
 from hubft.faults import fault_point, fault_points_after_writes
 from hubft.losses import class_range_checked_upstream
 from hubft.train.checkpoint import Exchange, prune_checkpoints, run_agreed, write_checkpoint
@@ -149,7 +149,7 @@ class TrainLoop:
             if ft.ema is not None and (path / "ema.safetensors").is_file():
                 ft.ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
         except Exception as e:  # pickle refusals (weights_only), shape mismatches, files altered after verification
-            detail = " ".join(str(e).split())[:300]
+            detail = one_line(e)
             raise CheckpointError(f"checkpoint {str(path)!r} could not be loaded ({type(e).__name__}: {detail})",
                                   fix="resume from another checkpoint, or start a new run in another "
                                       "train.output_dir") from None

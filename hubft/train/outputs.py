@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from hubft.config import config_to_dict
-from hubft.train.checkpoint import Exchange, atomic_write_text, run_agreed
+from hubft.files import atomic_write_text
+from hubft.train.checkpoint import Exchange, run_agreed
 
 if TYPE_CHECKING:
     from hubft.train.finetune import Finetuner
@@ -43,9 +44,9 @@ def framework_versions() -> dict:
     import timm
     import torch
 
-    import hubft
+    from hubft._version import __version__
 
-    return {"hubft": hubft.__version__, "torch": torch.__version__, "timm": timm.__version__,
+    return {"hubft": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "accelerate": accelerate.__version__, "datasets": datasets.__version__,
             "huggingface_hub": huggingface_hub.__version__, "safetensors": safetensors.__version__,
             "python": platform.python_version()}

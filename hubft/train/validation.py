@@ -95,7 +95,7 @@ def validate_config(config: FinetuneConfig) -> None:
 
         check_repo_id(c.hub.repo_id, key="hub.repo_id")
     if c.train.resume and c.train.resume.startswith("hub:"):
-        from hubft.hub.checkpoints import parse_checkpoint_spec
+        from hubft.train.hub_checkpoints import parse_checkpoint_spec
 
         parse_checkpoint_spec(c.train.resume)
 

@@ -213,7 +213,7 @@ def test_snapshot_download_then_an_offline_process_reloads_it(e2e, hub, tmp_path
 
 
 def test_checkpoints_pushed_in_the_background_resume_the_run_exactly(e2e, hub, tmp_path):
-    from hubft.hub.checkpoints import CheckpointPusher, download_checkpoint
+    from hubft.train.hub_checkpoints import CheckpointPusher, download_checkpoint
     from hubft.hub.push import RetryPolicy
 
     # The Hub is down when the first checkpoint is submitted: submit returns, the upload waits in the background

@@ -157,7 +157,7 @@ def _everything_under(root) -> bytes:
 def test_a_token_passed_as_token_leaks_nowhere(hub, api, repo_id, tmp_path, capsys, caplog, survival):
     survival("a canary token passed as push_to_hub(token=...), through 503s, a Hub outage and a rejected token",
              "absent from every message, log record, stdout/stderr, the run directory and the uploaded files")
-    from hubft.hub._retry import RetryPolicy
+    from hubft.hub.retry import RetryPolicy
 
     canary = hub.add_token(hub.user, "write", token=f"hf_canary_{uuid.uuid4().hex}")
     out = tmp_path / "run"
@@ -252,7 +252,7 @@ def test_a_private_repo_needs_a_token_and_a_read_token_cannot_write(hub, api, re
     model = hubft.create_model(f"hf-hub:{repo_id}", pretrained=True)
     assert model.label_names == ["a", "b"]
     assert (hubft.pull_from_hub(repo_id, tmp_path / "pulled") / "model.safetensors").is_file()
-    from hubft.hub._retry import RetryPolicy
+    from hubft.hub.retry import RetryPolicy
 
     with pytest.raises(HubError, match="not authorised"):
         push_to_hub(out, repo_id, retry=RetryPolicy(sleep=lambda s: None))

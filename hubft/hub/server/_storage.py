@@ -28,17 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from hubft.files import atomic_write, atomic_write_bytes
+
 from ._errors import ApiError, bad_request, revision_not_found
 from ._names import is_commit_sha
 from ._objects import Commit, FileEntry, utc_now
 from ._upload_rules import DEFAULT_GITATTRIBUTES
 
 _COPY_CHUNK = 1024 * 1024
-
-
-def _move_into_place(tmp: str, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, dest)
 
 
 class BlobStore:
@@ -60,17 +57,9 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
-    def staging_file(self) -> IO[bytes]:
-        """A temporary file on the same file system as the store, to be moved into place once complete."""
-        return tempfile.NamedTemporaryFile(dir=self._tmp, delete=False)
-
     def atomic_write(self, dest: Path, data: bytes) -> None:
         """Write ``dest`` so that readers see either the old file or the whole new one, even after a crash."""
-        with self.staging_file() as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _move_into_place(f.name, dest)
+        atomic_write_bytes(dest, data, staging_dir=self._tmp)
 
     def put_bytes(self, data: bytes) -> str:
         """Store ``data`` and return its sha256."""
@@ -85,9 +74,10 @@ class BlobStore:
         Raises:
             ApiError: 400 when the body is shorter than announced or its size or hash differ; nothing is stored.
         """
-        digest, remaining = hashlib.sha256(), length
-        with self.staging_file() as f:
-            try:
+
+        def copy(tmp: str) -> None:
+            digest, remaining = hashlib.sha256(), length
+            with open(tmp, "wb") as f:
                 while remaining:
                     chunk = stream.read(min(_COPY_CHUNK, remaining))
                     if not chunk:
@@ -95,15 +85,10 @@ class BlobStore:
                     digest.update(chunk)
                     f.write(chunk)
                     remaining -= len(chunk)
-                if digest.hexdigest() != sha256:
-                    raise bad_request(f"Uploaded content does not match oid {sha256} (got {digest.hexdigest()})")
-                f.flush()
-                os.fsync(f.fileno())
-            except BaseException:
-                f.close()
-                os.unlink(f.name)
-                raise
-        _move_into_place(f.name, self.path(sha256))
+            if digest.hexdigest() != sha256:
+                raise bad_request(f"Uploaded content does not match oid {sha256} (got {digest.hexdigest()})")
+
+        atomic_write(self.path(sha256), copy, staging_dir=self._tmp)
 
 
 @dataclass

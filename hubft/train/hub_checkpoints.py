@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubft.errors import CheckpointError, ConfigError, HubError
-from hubft.hub._retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, status_of
-from hubft.hub.repo_id import check_repo_id
+from hubft.hub import DEFAULT_RETRY, RetryPolicy, call_with_retry, check_repo_id, status_of
+from hubft.train.checkpoint import MANIFEST, find_latest_checkpoint, verify_checkpoint
 
 __all__ = ["CheckpointPusher", "CheckpointSpec", "parse_checkpoint_spec", "download_checkpoint", "HUB_PREFIX"]
 
@@ -126,8 +126,6 @@ class CheckpointPusher:
             CheckpointError: The directory is not a complete checkpoint (no manifest).
             HubError: The pusher is closed.
         """
-        from hubft.train.checkpoint import MANIFEST
-
         if self._closed:
             raise HubError("the checkpoint pusher is closed", fix="create a new CheckpointPusher")
         source = Path(checkpoint_dir)
@@ -222,8 +220,6 @@ def download_checkpoint(spec: str, *, token: str | bool | None = None) -> Path:
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-
-    from hubft.train.checkpoint import find_latest_checkpoint, verify_checkpoint
 
     parsed = parse_checkpoint_spec(spec)
     where = f"{parsed.repo_id}@{parsed.branch}"
