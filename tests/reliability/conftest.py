@@ -1,5 +1,5 @@
 """Fixtures for the reliability campaign: a tiny deterministic run, a fast CLI launcher, run comparisons, and the
-records the README's survival and error tables are generated from (``tests/reliability/report.py``).
+records the survival and error tables in ``docs/`` are generated from (``tests/reliability/report.py``).
 
 Every run here trains ``test_resnet`` (a timm ResNet with BatchNorm) from scratch on 16 px images, on one CPU
 thread, with augmentation and dropout on, so that bit-identical results mean something: 18 training images, batch 2,
@@ -199,7 +199,7 @@ def assert_same_run(expected: Path, actual: Path) -> None:
 
 @pytest.fixture
 def survival(record_property):
-    """``survival(fault, holds)``: a row of the README's "What hubft survives" table (see report.py)."""
+    """``survival(fault, holds)``: a row of the "What hubft survives" table in docs/reliability.md (see report.py)."""
 
     def record(fault: str, holds: str) -> None:
         record_property("survival", json.dumps({"fault": fault, "holds": holds}))

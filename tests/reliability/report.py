@@ -1,12 +1,14 @@
-"""Run the reliability campaign and write the README's "What hubft survives" and error tables from its results.
+"""Run the reliability campaign and write the "What hubft survives" and error tables from its results.
 
-    .venv/bin/python tests/reliability/report.py           # run the tests, rewrite the two README sections
-    .venv/bin/python tests/reliability/report.py --check   # run the tests, fail if the README is not up to date
+    .venv/bin/python tests/reliability/report.py           # run the tests, rewrite the two generated sections
+    .venv/bin/python tests/reliability/report.py --check   # run the tests, fail if a section is not up to date
 
-The tables are made from what the tests recorded (``survival(...)`` rows, ``error_case`` records with the actual
-messages) and how they ended, never written by hand. Tests of the Hub and training pieces that belong to the same
-campaign are run too and listed from :data:`REFERENCED`. ``tests/reliability/test_report.py`` checks, without
-running anything, that the README lists every case that exists.
+The survival table lives in ``docs/reliability.md`` and the error table in ``docs/errors.md``, each between its
+markers; the prose around them is hand-written. The tables are made from what the tests recorded
+(``survival(...)`` rows, ``error_case`` records with the actual messages) and how they ended, never written by hand.
+Tests of the Hub and training pieces that belong to the same campaign are run too and listed from
+:data:`REFERENCED`. ``tests/reliability/test_report.py`` checks, without running anything, that the tables list
+every case that exists.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
+RELIABILITY_DOC = REPO / "docs" / "reliability.md"
+ERRORS_DOC = REPO / "docs" / "errors.md"
+# Each generated section: the file it lives in, between its two markers.
+DOCS = {"survival": RELIABILITY_DOC, "errors": ERRORS_DOC}
 MARKERS = {"survival": ("<!-- survival:start -->", "<!-- survival:end -->"),
            "errors": ("<!-- errors:start -->", "<!-- errors:end -->")}
 
@@ -154,7 +159,7 @@ def replace_section(text: str, key: str, section: str) -> str:
     start, end = MARKERS[key]
     if start in text and end in text:
         return re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S)
-    return text.rstrip("\n") + "\n\n" + section + "\n"
+    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -164,19 +169,27 @@ def main(argv: list[str]) -> int:
     collector = Collector()
     # A referenced test that was renamed would stop pytest from running anything: leave it out (NOT RUN).
     targets = ["tests/reliability", *(n for n in REFERENCED if referenced_test_exists(n))]
-    # test_report.py checks the README this run is about to write: leave it out.
+    # test_report.py checks the docs this run is about to write: leave it out.
     code = pytest.main(["-q", "-p", "no:cacheprovider", "--ignore", str(Path(__file__).with_name("test_report.py")),
                         *targets], plugins=[collector])
-    text = README.read_text()
-    new = replace_section(replace_section(text, "survival", render_survival(collector.tests)),
-                          "errors", render_errors(collector.tests))
-    if check:
+    rendered = {"survival": render_survival(collector.tests), "errors": render_errors(collector.tests)}
+    stale = []
+    for key, section in rendered.items():
+        path = DOCS[key]
+        text = path.read_text() if path.is_file() else ""
+        new = replace_section(text, key, section)
         if new != text:
-            print("README.md's generated sections are out of date: run python tests/reliability/report.py")
+            stale.append(path)
+            if not check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(new)
+    if check:
+        if stale:
+            print(f"out of date: {', '.join(map(str, stale))}: run python tests/reliability/report.py")
             return 1
         return int(code)
-    README.write_text(new)
-    print(f"wrote the survival and error tables into {README} (tests exit code {int(code)})")
+    print(f"wrote the survival and error tables into {RELIABILITY_DOC} and {ERRORS_DOC} "
+          f"(tests exit code {int(code)})")
     return int(code)
 
 

@@ -2,7 +2,7 @@
 traceback (unless ``--debug``), and leaves the outputs of an earlier run in ``train.output_dir`` untouched.
 
 Each case runs ``hubft finetune --config <a good config> <the mistake>`` in-process, with ``train.output_dir``
-holding a finished run. The README's error table is generated from these records
+holding a finished run. The error table in ``docs/errors.md`` is generated from these records
 (``tests/reliability/report.py``), so a user can look their message up there.
 """
 
@@ -25,7 +25,7 @@ from hubft.cli import main
 
 @dataclass(frozen=True)
 class Case:
-    wrong: str  # what is wrong, in the README's words
+    wrong: str  # what is wrong, in the words of docs/errors.md
     argv: list  # appended to `finetune --config CONFIG`; "<name>" is a path from `inputs` (or the run)
     needle: str  # the message must contain this (it names the bad value or file)
     code: int = 2

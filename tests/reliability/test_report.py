@@ -1,4 +1,4 @@
-"""The README's generated tables list exactly the cases that exist, and all of them passed when generated.
+"""The generated tables in docs/ list exactly the cases that exist, and all of them passed when generated.
 
 Regenerate them with ``python tests/reliability/report.py`` after adding, renaming or removing a case.
 """
@@ -26,8 +26,10 @@ report = _load("report")
 
 def _section(key: str) -> str:
     start, end = report.MARKERS[key]
-    text = report.README.read_text()
-    assert start in text and end in text, f"README.md lacks the {key} section: run tests/reliability/report.py"
+    path = report.DOCS[key]
+    text = path.read_text()
+    assert start in text and end in text, \
+        f"{path.relative_to(report.REPO)} lacks the {key} section: run tests/reliability/report.py"
     return text[text.index(start):text.index(end)]
 
 
@@ -56,7 +58,7 @@ def test_the_survival_table_lists_every_campaign_test_and_only_existing_ones():
     assert recording, "no test records a survival row"
     for file, name in recording:
         assert any(entry == f"{file}::{name}" or entry.startswith(f"{file}::{name}[") for entry in listed), \
-            f"{file}::{name} is not in the README's survival table"
+            f"{file}::{name} is not in the survival table of docs/reliability.md"
     for entry in listed:
         path, _, rest = entry.partition("::")
         name, _, param = rest.partition("[")
@@ -74,3 +76,20 @@ def test_every_referenced_test_exists():
 def test_the_committed_tables_come_from_a_passing_run(key):
     section = _section(key)
     assert "FAILED" not in section and "NOT RUN" not in section
+
+
+def test_main_writes_each_table_into_its_own_doc_and_check_compares_them(tmp_path, monkeypatch):
+    # Without running the campaign: no test ran, so every referenced row reads NOT RUN, which is enough here.
+    monkeypatch.setattr(pytest, "main", lambda args, plugins: 0)
+    docs = {"survival": tmp_path / "reliability.md", "errors": tmp_path / "errors.md"}
+    docs["survival"].write_text("# Reliability\n\nHand-written prose.\n")
+    for key, path in docs.items():
+        monkeypatch.setitem(report.DOCS, key, path)
+    assert report.main([]) == 0
+    survival, errors = docs["survival"].read_text(), docs["errors"].read_text()
+    assert survival.startswith("# Reliability\n\nHand-written prose.\n\n" + report.MARKERS["survival"][0])
+    assert "errors:start" not in survival and errors.startswith(report.MARKERS["errors"][0])
+    assert report.main(["--check"]) == 0
+    docs["errors"].write_text(errors.replace("| Message |", "| Messages |"))
+    assert report.main(["--check"]) == 1
+    assert "Messages" in docs["errors"].read_text()  # --check writes nothing
