@@ -4,7 +4,6 @@ weighted combination of those."""
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
@@ -15,6 +14,7 @@ from torch import nn
 from hubft.errors import ConfigError
 from hubft.losses.registry import get_loss_info
 from hubft.losses.wrappers import FunctionLoss, WeightedSumLoss, callable_name
+from hubft.registry import import_object
 
 LossSpec = Union[
     str,
@@ -80,7 +80,7 @@ def create_loss(spec: LossSpec, **kwargs: Any) -> nn.Module:
         return spec
     if isinstance(spec, str):
         if ":" in spec:
-            return _from_object(import_object(spec), kwargs, spec)
+            return _from_object(import_object(spec, what="loss"), kwargs, spec)
         info = get_loss_info(spec)
         return _build(info.factory, {**info.defaults, **kwargs}, f"loss {info.name!r}")
     if isinstance(spec, Mapping):
@@ -171,40 +171,3 @@ def _combination(pairs: list[tuple[Any, Any]]) -> WeightedSumLoss:
             weight, options = value, {}
         components.append((name, create_loss(spec, **options), weight))
     return WeightedSumLoss(components)
-
-
-def import_object(path: str) -> Any:
-    """Import ``"package.module:attr"`` (``attr`` may be dotted, e.g. ``"pkg.mod:Class.method"``).
-
-    Raises:
-        ConfigError: The path is malformed, the module cannot be imported (missing, or raising on import), or it
-            has no such attribute (close matches listed).
-    """
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise ConfigError(f"loss path {path!r} is not of the form 'package.module:attr'", fix="e.g. 'mylosses:dice'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise ConfigError(
-            f"cannot import module {module_name!r} for loss {path!r}: {error}",
-            fix="check the spelling, and that the package is installed or its folder is on sys.path / PYTHONPATH",
-        ) from error
-    except Exception as error:  # user code failing at import: name the file's error rather than crash
-        raise ConfigError(
-            f"importing module {module_name!r} for loss {path!r} failed with {type(error).__name__}: {error}",
-            fix=f"fix the error in {module_name}",
-        ) from error
-    obj: Any = module
-    for depth, part in enumerate(attr.split(".")):
-        if not hasattr(obj, part):
-            owner = ".".join([module_name, *attr.split(".")[:depth]])
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3)
-            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-            raise ConfigError(
-                f"{owner!r} has no attribute {part!r} (loss {path!r})",
-                fix=f"{hint}check the name after ':'",
-            )
-        obj = getattr(obj, part)
-    return obj

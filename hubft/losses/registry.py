@@ -6,9 +6,7 @@ here, and the tests run every registered loss through the same contract checks.
 
 from __future__ import annotations
 
-import difflib
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +15,7 @@ from typing import Any, Literal, get_args
 from torch import nn
 
 from hubft.errors import ConfigError
+from hubft.registry import Registry
 from hubft.losses._checks import REDUCTIONS
 from hubft.losses.classification import BinaryCrossEntropyLoss, CrossEntropyLoss, SoftTargetCrossEntropyLoss
 from hubft.losses.dice import DiceLoss
@@ -27,15 +26,13 @@ from hubft.losses.sobolev import SobolevLoss
 TargetKind = Literal["class", "binary", "dense"]
 Unreduced = Literal["element", "position", "sample", "class"]
 
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
-
 
 @dataclass(frozen=True)
 class LossInfo:
     """What hubft knows about a registered loss.
 
     Attributes:
-        name: Registry name (lower case, ``[a-z][a-z0-9_]*``).
+        name: Registry name (see :mod:`hubft.registry` for how names are looked up).
         factory: Builds the loss module from keyword options (usually the ``nn.Module`` subclass itself).
         description: One line for listings.
         target: The targets the loss is built for, for an output ``[B, C, *S]``: ``class``: integer class indices
@@ -80,12 +77,7 @@ class LossInfo:
         return {**found, **self.defaults}
 
 
-_LOSSES: dict[str, LossInfo] = {}
-
-
-def normalize_name(name: str) -> str:
-    """Registry key for ``name``: stripped, lower case, ``-`` read as ``_``."""
-    return name.strip().lower().replace("-", "_")
+_LOSSES: Registry[LossInfo] = Registry("loss", "list_losses", plural="losses", hint="or name your own as 'package.module:attr'")
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], what: str) -> None:
@@ -108,7 +100,7 @@ def register_loss(
     """Add a loss to the registry under ``name``, so that configs and the CLI can name it.
 
     Args:
-        name: Registry name, ``[a-z][a-z0-9_]*`` (given names are normalised: lower case, ``-`` read as ``_``).
+        name: Registry name: a letter, then letters, digits, ``_``, ``-`` or ``.``.
         factory: Builds the module from keyword options: an ``nn.Module`` subclass or a function returning one.
             To register a plain loss function ``f(output, target)``, pass ``functools.partial(FunctionLoss, f)``.
         description, target, soft_targets, reductions, unreduced, defaults: See :class:`LossInfo`.
@@ -129,11 +121,7 @@ def register_loss(
         >>> create_loss("binary_focal", gamma=1.0)
         FocalLoss(mode='binary', gamma=1.0, reduction='mean')
     """
-    key = normalize_name(name) if isinstance(name, str) else name
-    if not isinstance(key, str) or not _NAME.fullmatch(key):
-        raise ConfigError(f"register_loss: name {name!r} is not valid", fix="use lower case letters, digits and _")
-    if key in _LOSSES and not overwrite:
-        raise ConfigError(f"a loss named {key!r} is already registered", fix="pick another name or overwrite=True")
+    key = name
     if not callable(factory):
         raise ConfigError(f"register_loss: factory {factory!r} for {key!r} is not callable")
     _check_choice(target, get_args(TargetKind), "target")
@@ -148,36 +136,28 @@ def register_loss(
     except ValueError:  # no introspectable signature: the first create_loss call will tell
         pass
     info = LossInfo(key, factory, description, target, bool(soft_targets), tuple(reductions), unreduced, defaults)
-    _LOSSES[key] = info
-    return info
+    return _LOSSES.register(info, overwrite=overwrite)
 
 
 def get_loss_info(name: str) -> LossInfo:
-    """Return the record registered under ``name`` (normalised as in :func:`register_loss`).
+    """Return the record registered under ``name`` (looked up as :mod:`hubft.registry` says).
 
     Raises:
         ConfigError: No loss has that name; the message lists the close matches and all names.
     """
-    key = normalize_name(name) if isinstance(name, str) else ""
-    if key not in _LOSSES:
-        close = difflib.get_close_matches(key, _LOSSES, n=3, cutoff=0.6)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise ConfigError(
-            f"unknown loss {name!r}",
-            fix=f"{hint}registered losses: {', '.join(sorted(_LOSSES))}; or name your own as 'package.module:attr'",
-        )
-    return _LOSSES[key]
+    return _LOSSES.get(name)
 
 
-def list_losses(target: TargetKind | None = None) -> list[str]:
-    """Names of the registered losses, sorted; only those built for ``target`` targets if given.
+def list_losses(pattern: str | None = None, *, target: TargetKind | None = None) -> list[str]:
+    """Names of the registered losses, sorted; only those matching the shell-style ``pattern`` (case ignored) and
+    built for ``target`` targets, when given.
 
     Raises:
         ConfigError: ``target`` is not ``class``, ``binary``, ``dense`` or None.
     """
     if target is not None and target not in get_args(TargetKind):
         raise ConfigError(f"list_losses: target={target!r} is not one of {', '.join(get_args(TargetKind))}")
-    return sorted(name for name, info in _LOSSES.items() if target is None or info.target == target)
+    return [n for n in _LOSSES.names(pattern) if target is None or _LOSSES.get(n).target == target]
 
 
 register_loss(

@@ -8,7 +8,6 @@ or epoch) is a factor function, two (optimizer, epoch) is an adjust function.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from torch.optim import lr_scheduler as tls
 
 from hubft.errors import ConfigError
 from hubft.optim._schedulers import SchedulerInfo
+from hubft.registry import import_object
 
 _KINDS_FIX = (
     "give f(t) -> factor, adjust_learning_rate(optimizer, epoch) that sets param_group['lr'], "
@@ -32,7 +32,7 @@ def custom_schedule(spec: str | Callable[..., Any], kwargs: Mapping[str, Any]) -
         ConfigError: The string cannot be imported, the object is neither kind of function nor a scheduler class,
             or ``reference_lr`` is given for something other than an adjust function.
     """
-    obj = import_attr(spec) if isinstance(spec, str) else spec
+    obj = import_object(spec, what="schedule") if isinstance(spec, str) else spec
     label = spec if isinstance(spec, str) else getattr(obj, "__qualname__", type(obj).__name__)
     kwargs = dict(kwargs)
     if isinstance(obj, type) and issubclass(obj, tls.LRScheduler):
@@ -92,29 +92,6 @@ def factor_from_adjust_fn(
         return lr_set_by_fn(t, reference) / reference
 
     return factor
-
-
-def import_attr(spec: str) -> Any:
-    """The object named by ``"package.module:attr"`` (``attr`` may be dotted).
-
-    Raises:
-        ConfigError: The string has no ``:``, or the module or attribute does not exist.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{spec!r} is not of the form 'package.module:attr'", fix="e.g. 'my_pkg.schedules:lr_at'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(f"cannot import module {module_name!r} for schedule {spec!r}: {error}",
-                          fix="check the module path and that its package is installed") from error
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}",
-                              fix="check the name after the ':'") from None
-    return obj
 
 
 def _required_positional(fn: Callable[..., Any], label: str) -> int:

@@ -1,6 +1,6 @@
 """Optimizers by name: torch's classes verbatim and timm's optimizer registry, as one registry of plain records.
 
-Two families share the registry, told apart by case:
+Two families share the registry, told apart by case (an exact name wins; see :mod:`hubft.registry`):
 
 - ``"SGD"``, ``"AdamW"``, ``"RMSprop"``, ...: the ``torch.optim`` class of that name with torch's own defaults.
 - ``"sgd"``, ``"adamw"``, ``"lamb"``, ``"lion"``, ...: timm's registry entries (``timm.optim.list_optimizers()``)
@@ -26,7 +26,8 @@ from torch import nn
 
 from hubft.errors import ConfigError
 from hubft.optim._param_groups import param_groups
-from hubft.optim._registry import Registry, accepted_kwargs, check_kwargs
+from hubft.optim._kwargs import accepted_kwargs, check_kwargs
+from hubft.registry import Registry, import_object
 
 _TORCH_LEFT_OUT = ("LBFGS", "SparseAdam", "Muon")
 # torch classes with a fused kernel on both CPU and CUDA (Adagrad's is CPU-only): one pass over each parameter per
@@ -62,7 +63,8 @@ class OptimizerInfo:
         return accepted_kwargs(self.optimizer_class)
 
 
-_REGISTRY: Registry[OptimizerInfo] = Registry("optimizer", "list_optimizers")
+_REGISTRY: Registry[OptimizerInfo] = Registry(
+    "optimizer", "list_optimizers", hint="or name a torch.optim.Optimizer subclass as 'package.module:attr'")
 
 
 def register_optimizer(info: OptimizerInfo, *, overwrite: bool = False) -> OptimizerInfo:
@@ -83,17 +85,26 @@ def register_optimizer(info: OptimizerInfo, *, overwrite: bool = False) -> Optim
     return _REGISTRY.register(info, overwrite=overwrite)
 
 
-def list_optimizers(pattern: str = "") -> list[str]:
-    """Names of the registered optimizers, sorted; ``pattern`` filters with shell wildcards (``"*adam*"``)."""
+def list_optimizers(pattern: str | None = None) -> list[str]:
+    """Names of the registered optimizers, sorted; ``pattern`` filters with shell wildcards, ignoring case
+    (``"*adam*"``)."""
     return _REGISTRY.names(pattern)
 
 
 def get_optimizer_info(name: str) -> OptimizerInfo:
-    """The record called ``name``.
+    """The record that ``name`` denotes: a registered name, or ``"package.module:attr"`` naming a
+    ``torch.optim.Optimizer`` subclass (a one-off record without defaults).
 
     Raises:
-        ConfigError: Unknown name; the message lists the closest names.
+        ConfigError: Unknown name (the message lists the closest names), or a path that does not import or does
+            not name an optimizer class.
     """
+    if isinstance(name, str) and ":" in name:
+        cls = import_object(name, what="optimizer")
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise ConfigError(f"optimizer {name!r} is not a torch.optim.Optimizer subclass",
+                              fix="point at an Optimizer class")
+        return OptimizerInfo(name, cls, f"user optimizer {cls.__qualname__}")
     return _REGISTRY.get(name)
 
 

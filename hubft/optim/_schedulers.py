@@ -28,7 +28,8 @@ from typing import Any, Literal
 from torch.optim import lr_scheduler as tls
 
 from hubft.errors import ConfigError
-from hubft.optim._registry import Registry, accepted_kwargs, check_kwargs
+from hubft.optim._kwargs import accepted_kwargs, check_kwargs
+from hubft.registry import Registry
 
 Interval = Literal["step", "epoch"]
 INTERVALS: tuple[str, ...] = ("step", "epoch")
@@ -151,7 +152,8 @@ def _check_scalar_types(cls: type, kwargs: Mapping[str, Any], name: str) -> None
                               fix=f"give {key} as a number")
 
 
-_REGISTRY: Registry[SchedulerInfo] = Registry("schedule", "list_schedulers")
+_REGISTRY: Registry[SchedulerInfo] = Registry(
+    "schedule", "list_schedulers", hint="or name a function or scheduler class as 'package.module:attr'")
 
 
 def register_scheduler(info: SchedulerInfo, *, overwrite: bool = False) -> SchedulerInfo:
@@ -175,13 +177,13 @@ def register_scheduler(info: SchedulerInfo, *, overwrite: bool = False) -> Sched
     return _REGISTRY.register(info, overwrite=overwrite)
 
 
-def list_schedulers(pattern: str = "") -> list[str]:
-    """Names of the registered schedules, sorted; ``pattern`` filters with shell wildcards."""
+def list_schedulers(pattern: str | None = None) -> list[str]:
+    """Names of the registered schedules, sorted; ``pattern`` filters with shell wildcards, ignoring case."""
     return _REGISTRY.names(pattern)
 
 
 def get_scheduler_info(name: str) -> SchedulerInfo:
-    """The record called ``name``.
+    """The record that ``name`` denotes (looked up as :mod:`hubft.registry` says).
 
     Raises:
         ConfigError: Unknown name; the message lists the closest names.

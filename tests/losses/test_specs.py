@@ -230,7 +230,7 @@ def test_zero_dim_tensor_options_count_as_numbers():
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Let a test register losses without leaking them into other tests."""
-    monkeypatch.setattr(registry, "_LOSSES", dict(registry._LOSSES))
+    monkeypatch.setattr(registry, "_LOSSES", registry._LOSSES.copy())
 
 
 def test_registered_loss_is_listed_built_and_uses_its_defaults(scratch_registry, train):
