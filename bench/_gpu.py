@@ -44,7 +44,7 @@ def _deferred_check_refuses(config, data, tmp: Path) -> bool:
         reset_fault_counts()
         ft = hubft.Finetuner(config("poisoned", checkpoint_every=2, log_every=100), dataset=data)
         ft.setup()
-        if not ft.loop.deferred_check:
+        if not ft.loop.finite.deferred:
             print("  gpu smoke: the deferred finite check is off on this GPU", flush=True)
             return False
         try:
@@ -55,10 +55,10 @@ def _deferred_check_refuses(config, data, tmp: Path) -> bool:
                 return False
         step2 = tmp / "poisoned" / "checkpoints" / "step-00000002"
         saved = _weights(step2)
-        now = ft.accelerator.unwrap_model(ft.model).state_dict()
+        now = ft.accelerator.unwrap_model(ft.parts.model).state_dict()
         same = all(torch.equal(saved[k], now[k].cpu()) for k in saved)
         opt = torch.load(step2 / "optimizer.bin", weights_only=True)["state"]
-        state = ft.optimizer.state_dict()["state"]
+        state = ft.parts.optimizer.state_dict()["state"]
         return same and all(torch.equal(opt[k][n].cpu(), state[k][n].cpu()) for k in state
                             for n in ("exp_avg", "exp_avg_sq", "step"))
     finally:

@@ -66,13 +66,13 @@ def training_flops(case: Case, device: torch.device) -> float:
 
 def autocast_dtype(run: HubftRun) -> torch.dtype:
     """The dtype the first convolution actually computes in: proof that the bf16 setting took effect."""
-    conv = next(m for m in run.ft.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    conv = next(m for m in run.ft.parts.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     seen = []
     handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    run.ft.model.eval()
+    run.ft.parts.model.eval()
     with torch.no_grad():
-        run.ft.model(torch.zeros(2, 3, 64, 64))
-    run.ft.model.train()
+        run.ft.parts.model(torch.zeros(2, 3, 64, 64))
+    run.ft.parts.model.train()
     handle.remove()
     return seen[0]
 

@@ -17,6 +17,7 @@ The building blocks (cases, the three loops) are reused by the pipeline and hard
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -115,7 +116,7 @@ def create_optimizer(model: torch.nn.Module, fused: bool = False) -> torch.optim
 
 def uses_fused(run: "HubftRun") -> bool:
     """Whether hubft picked torch's fused optimizer kernel for this run (``optim.fused: auto``)."""
-    return bool(run.ft.optimizer.param_groups[0].get("fused"))
+    return bool(run.ft.parts.optimizer.param_groups[0].get("fused"))
 
 
 def synchronize(device: torch.device) -> None:
@@ -250,6 +251,7 @@ class HubftRun:
                  mixed_precision: str = "no", batches: list | str | None = None,
                  loader_batches: list | None = None) -> None:
         import hubft
+        from hubft.train.loop import TrainLoop
 
         self.tmp = tempfile.TemporaryDirectory(prefix="hubft-bench-")
         base = {
@@ -268,25 +270,29 @@ class HubftRun:
         with quiet():
             self.ft.setup()
         self.setup_seconds = time.perf_counter() - start
-        if len(self.ft.train_dl) != case.updates:
-            raise RuntimeError(f"hubft's epoch has {len(self.ft.train_dl)} batches, expected {case.updates}")
-        # Instrumentation only: the loop iterates whatever ft.train_dl is (it calls set_epoch and len on it).
+        parts = self.ft.parts
+        if len(parts.train_loader) != case.updates:
+            raise RuntimeError(f"hubft's epoch has {len(parts.train_loader)} batches, expected {case.updates}")
+        # Instrumentation only: a loop over the same parts but another train_loader (the loop calls set_epoch and
+        # len on it).
         if batches == "loader":
-            self.ft.train_dl = self.ft.accelerator.prepare_data_loader(tensor_loader(case, loader_batches))
+            loader = self.ft.accelerator.prepare_data_loader(tensor_loader(case, loader_batches))
         elif batches is not None:
-            self.ft.train_dl = _MemoryBatches(batches)
+            loader = _MemoryBatches(batches)
         else:
-            self.ft.train_dl = _TimedLoader(self.ft.train_dl)
+            loader = _TimedLoader(parts.train_loader)
+        self.loader = loader
+        self.loop = TrainLoop(dataclasses.replace(parts, train_loader=loader), self.ft.stop)
         self.device = device
         self.epoch = 0
         self.data_seconds: list[float] = []
 
     @property
     def channels_last(self) -> bool:
-        return self.ft.channels_last
+        return self.ft.parts.channels_last
 
     def __call__(self) -> None:
-        loop, loader = self.ft.loop, self.ft.train_dl
+        loop, loader = self.loop, self.loader
         # Each repetition is a fresh epoch (end_epoch would also evaluate and checkpoint, which is not training).
         loop.state.batches_in_epoch, loop.state.epoch_loss_sum = 0, 0.0
         before = getattr(loader, "seconds", 0.0)

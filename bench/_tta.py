@@ -64,7 +64,7 @@ def train_epoch(ft, epoch: int) -> float:
     if loop.has_frozen and c.model.unfreeze_epoch is not None and epoch >= c.model.unfreeze_epoch:
         from hubft.models import unfreeze
 
-        unfreeze(ft.accelerator.unwrap_model(ft.model))
+        unfreeze(ft.accelerator.unwrap_model(ft.parts.model))
         loop.has_frozen = False
     loop.state.epoch = epoch
     start = time.perf_counter()

@@ -8,12 +8,16 @@ The public API, by stage:
 - Losses: :func:`create_loss`, :func:`list_losses`, :func:`register_loss`.
 - Learning rates: :func:`param_groups`, :func:`create_optimizer`, :func:`create_scheduler`, :func:`lr_curve`.
 - Data: :func:`load_data`, :func:`create_transforms`.
-- Training: :class:`FinetuneConfig`, :func:`finetune`, :class:`Finetuner` (the staged run the recipe uses).
+- Tasks: :func:`get_task`, :func:`list_tasks`, :func:`register_task` (``model.task``: what the backbone is
+  fine-tuned for, and everything that depends on it).
+- Training: :class:`FinetuneConfig`, :func:`finetune`, :class:`Finetuner` (the staged run the recipe uses), and
+  :class:`RunParts` (the frozen record of a set-up run's parts).
 - The Hub: :func:`push_to_hub`, :func:`pull_from_hub`, ``hubft.testing.LocalHub``.
 """
 
-from hubft._version import __version__
+from typing import TYPE_CHECKING
 
+from hubft._version import __version__
 from hubft.errors import (
     CheckpointError,
     ConfigError,
@@ -34,13 +38,29 @@ _LAZY = {
     "hubft.optim": ("param_groups", "format_param_groups", "create_optimizer", "list_optimizers",
                     "register_optimizer", "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve"),
     "hubft.data": ("load_data", "create_transforms"),
+    "hubft.tasks": ("Task", "get_task", "list_tasks", "register_task"),
     "hubft.train.finetune": ("finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE"),
+    "hubft.train.parts": ("RunParts",),
     "hubft.train.lr_preview": ("lr_curve_for_config",),
     "hubft.hub.push": ("push_to_hub", "pull_from_hub"),
     "hubft.train.hub_checkpoints": ("CheckpointPusher", "download_checkpoint"),
     "hubft.cli": ("parse_finetune_args",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+if TYPE_CHECKING:  # the same names as _LAZY, for type checkers and IDEs (a test keeps the two equal)
+    from hubft.cli import parse_finetune_args
+    from hubft.data import create_transforms, load_data
+    from hubft.hub.push import pull_from_hub, push_to_hub
+    from hubft.losses import create_loss, list_losses, register_loss
+    from hubft.models import create_model, freeze, from_pretrained, save_pretrained, unfreeze
+    from hubft.optim import (create_optimizer, create_scheduler, format_param_groups, list_optimizers, list_schedulers,
+                             lr_curve, param_groups, register_optimizer, register_scheduler)
+    from hubft.tasks import Task, get_task, list_tasks, register_task
+    from hubft.train.finetune import PREEMPTED_EXIT_CODE, FinetuneResult, Finetuner, finetune
+    from hubft.train.hub_checkpoints import CheckpointPusher, download_checkpoint
+    from hubft.train.lr_preview import lr_curve_for_config
+    from hubft.train.parts import RunParts
 
 
 def __getattr__(name: str):
@@ -67,6 +87,7 @@ __all__ = [
     "param_groups", "format_param_groups", "create_optimizer", "list_optimizers", "register_optimizer",
     "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve", "lr_curve_for_config",
     "load_data", "create_transforms",
-    "finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE",
+    "Task", "get_task", "list_tasks", "register_task",
+    "finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE", "RunParts",
     "push_to_hub", "pull_from_hub", "CheckpointPusher", "download_checkpoint",
 ]

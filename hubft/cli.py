@@ -20,7 +20,7 @@ import traceback
 from typing import Sequence
 
 from hubft.config import FinetuneConfig, config_fields, config_to_dict, load_config
-from hubft.errors import HubftError
+from hubft.errors import HubftError, one_line, unwrap_worker_error
 
 __all__ = ["main", "build_parser", "parse_finetune_args", "add_config_flags"]
 
@@ -74,7 +74,7 @@ def _cmd_finetune(args: argparse.Namespace, rest: list[str]) -> int:
 
     config = parse_finetune_args(rest)
     result = finetune(config)
-    print(f"hubft: finished; model in {result['output_dir']}" + (f", pushed to {result['url']}" if result.get("url") else ""))
+    print(f"hubft: finished; model in {result.output_dir}" + (f", pushed to {result.url}" if result.url else ""))
     return 0
 
 
@@ -216,14 +216,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def _one_line(error: HubftError) -> str:
     """The error as one line; one raised in a DataLoader worker arrives re-raised with the worker's traceback."""
-    text = str(error)
-    if "\n" not in text:
-        return text
-    # The worker's traceback ends with "hubft.errors.DataError: <message and fix>".
-    for line in reversed(text.splitlines()):
-        if line.startswith("hubft.errors.") and ": " in line:
-            return line.split(": ", 1)[1]
-    return " ".join(text.split())
+    return one_line(unwrap_worker_error(error), limit=10_000)
 
 
 if __name__ == "__main__":

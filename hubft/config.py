@@ -1,8 +1,11 @@
 """The fine-tuning configuration: nested dataclasses that are the single source of truth.
 
 YAML files, ``--section.field value`` command-line overrides and Python dicts all go through
-:func:`config_from_dict`, which rejects unknown keys (listing the valid ones) and type-checks every value against the
-dataclass annotations. The CLI flags are generated from the same fields, so they can never drift apart.
+:func:`config_from_dict`, which rejects unknown keys (listing the valid ones), type-checks every value against the
+dataclass annotations and checks it against the rule written beside its field (:class:`Rule`: ``>= 1``,
+``in (0, 1)``, ...). A rule's text is both the field's help suffix and its error message, so they cannot disagree.
+Rules between the fields of one section sit on that section (its ``check`` method). The CLI flags are generated
+from the same fields, so they can never drift apart either.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 
 from hubft.errors import ConfigError, one_line
 
 __all__ = [
+    "Freeze",
+    "Rule",
     "FinetuneConfig",
     "ModelConfig",
     "DataConfig",
@@ -35,30 +40,150 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "config_fields",
+    "check_config",
+    "copy_config",
 ]
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text (mutable defaults are copied per instance)."""
+@dataclass(frozen=True)
+class Rule:
+    """A constraint on one config value: ``ok(value)`` says whether it holds; ``text`` completes "it must be ...".
+
+    Examples:
+        >>> at_least(1).text, at_least(1).ok(0)
+        ('>= 1', False)
+    """
+
+    text: str
+    ok: Callable[[Any], bool]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def at_least(low: float) -> Rule:
+    return Rule(f">= {low}", lambda v: _number(v) and v >= low)
+
+
+def above(low: float) -> Rule:
+    return Rule(f"> {low}", lambda v: _number(v) and v > low)
+
+
+def between(low: float, high: float, *, closed: str = "[]") -> Rule:
+    """``closed`` says which ends belong to the range: ``"[]"``, ``"()"``, ``"(]"`` or ``"[)"``."""
+    left, right = closed
+
+    def ok(v: Any) -> bool:
+        return _number(v) and (v >= low if left == "[" else v > low) and (v <= high if right == "]" else v < high)
+
+    return Rule(f"in {left}{low}, {high}{right}", ok)
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(f"null or {rule.text}", lambda v: v is None or rule.ok(v))
+
+
+def one_of(*values: Any) -> Rule:
+    shown = [("true" if v is True else "false" if v is False else str(v)) for v in values]
+    return Rule(", ".join(shown[:-1]) + f" or {shown[-1]}", lambda v: any(v is x or (v == x and type(v) is type(x))
+                                                                        for x in values))
+
+
+def _f(default: Any, help: str, *, rule: Rule | None = None, **kw: Any) -> Any:
+    """A dataclass field with help text and an optional :class:`Rule` (mutable defaults are copied per instance)."""
+    metadata = {"help": help + (f" Must be {rule.text}." if rule else ""), "rule": rule}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """``model.freeze`` parsed: what part of the body is frozen.
+
+    Attributes:
+        frozen: Whether anything is frozen.
+        stages: The number of leading stages frozen; None with ``frozen`` means the whole body.
+
+    Examples:
+        >>> Freeze.parse("body"), Freeze.parse(2).stages, Freeze.parse(False).frozen
+        (Freeze(frozen=True, stages=None), 2, False)
+    """
+
+    frozen: bool
+    stages: int | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> Freeze:
+        """Read a ``model.freeze`` value: ``false`` / ``"none"`` (nothing), ``true`` / ``"body"`` (the whole body),
+        or ``N >= 0`` (the first N stages).
+
+        Raises:
+            ConfigError: Any other value.
+        """
+        if value is False or value == "none":
+            return cls(False)
+        if value is True or value == "body":
+            return cls(True)
+        if type(value) is int and value >= 0:
+            return cls(True, value)
+        raise ConfigError(f"model.freeze = {value!r} is invalid: it must be {_FREEZE_TEXT}",
+                          fix=f"set model.freeze to {_FREEZE_TEXT}")
+
+
+_FREEZE_TEXT = "false, true, 'body' or a number of stages >= 0"
+
+
+def _freeze_ok(value: Any) -> bool:
+    try:
+        Freeze.parse(value)
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass
 class ModelConfig:
     name: str = _f("resnet18", "Backbone: timm architecture, timm tag, hf-hub:owner/name[@rev], or local-dir:PATH.")
+    task: str = _f("image-classification", "What to fine-tune the backbone for (`hubft.list_tasks()`): "
+                   "image-classification (single- and multi-label data).")
     pretrained: bool = _f(True, "Load the source's weights (False: random init, e.g. a from-scratch baseline).")
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit sha) of the backbone.")
     freeze: Union[bool, int, str] = _f(
-        False, "Freeze the body: false, true/'body' (linear probe), or N (the first N stages)."
+        False, "Freeze the body: false, true/'body' (linear probe), or N (the first N stages).",
+        rule=Rule(_FREEZE_TEXT, _freeze_ok),
     )
     unfreeze_epoch: Optional[int] = _f(
-        None, "Unfreeze the frozen part at the start of this epoch (0-based); null keeps it frozen."
+        None, "Unfreeze the frozen part at the start of this epoch (0-based, with model.freeze); null keeps it "
+        "frozen.", rule=optional(at_least(0)),
     )
     head_init_seed: Optional[int] = _f(None, "Seed for the new head's initialisation (default: train.seed).")
-    drop_rate: Optional[float] = _f(None, "Dropout before the classifier (timm drop_rate).")
-    drop_path_rate: Optional[float] = _f(None, "Stochastic depth rate (timm drop_path_rate).")
+    drop_rate: Optional[float] = _f(None, "Dropout before the classifier (timm drop_rate).",
+                                    rule=optional(between(0, 1, closed="[)")))
+    drop_path_rate: Optional[float] = _f(None, "Stochastic depth rate (timm drop_path_rate).",
+                                         rule=optional(between(0, 1, closed="[)")))
+
+    @property
+    def frozen(self) -> Freeze:
+        """:attr:`freeze` as a typed value (the one place it is decoded)."""
+        return Freeze.parse(self.freeze)
+
+    @property
+    def unfreezes(self) -> bool:
+        """Whether a frozen part is unfrozen during the run (``freeze`` and ``unfreeze_epoch`` both set)."""
+        return self.unfreeze_epoch is not None and self.frozen.frozen
+
+    def check(self) -> None:
+        """Rules between this section's fields.
+
+        Raises:
+            ConfigError: ``unfreeze_epoch`` without ``freeze``.
+        """
+        if self.unfreeze_epoch is not None and not self.frozen.frozen:
+            raise ConfigError(f"model.unfreeze_epoch = {self.unfreeze_epoch!r} is invalid: it must be null, or an "
+                              "epoch >= 0 together with model.freeze",
+                              fix="set model.freeze (e.g. true), or drop model.unfreeze_epoch")
 
 
 @dataclass
@@ -70,33 +195,57 @@ class DataConfig:
     label_column: Optional[str] = _f(None, "Label column (auto-detected when null).")
     train_split: str = _f("train", "Split to train on.")
     eval_split: Optional[str] = _f(None, "Split to evaluate on; null carves a stratified part out of train.")
-    eval_fraction: float = _f(0.2, "Fraction of train carved out for evaluation when there is no eval split.")
+    eval_fraction: float = _f(0.2, "Fraction of train carved out for evaluation when there is no eval split.",
+                              rule=between(0, 1, closed="()"))
     classes: Optional[list] = _f(None, "Keep only these classes (names or ids), re-indexed in this order.")
-    max_per_class: Optional[int] = _f(None, "Keep at most this many training examples per class (few-shot).")
-    image_size: Optional[int] = _f(None, "Input size; overrides the model's own preprocessing size.")
+    max_per_class: Optional[int] = _f(None, "Keep at most this many training examples per class (few-shot).",
+                                      rule=optional(at_least(1)))
+    image_size: Optional[int] = _f(None, "Input size; overrides the model's own preprocessing size.",
+                                   rule=optional(at_least(8)))
     num_workers: Union[int, str] = _f(
         "auto", "DataLoader worker processes: auto (0 on CPU, where decoding would compete with training for the "
-        "cores; on a GPU, the cores per process less one, at most 8), or a number (0 decodes in the training process).")
-    cache: Union[bool, str] = _f("auto", "Decode small datasets once into memory: auto, true or false.")
+        "cores; on a GPU, the cores per process less one, at most 8), or a number (0 decodes in the training process).",
+        rule=Rule("auto or a number >= 0", lambda v: v == "auto" or (type(v) is int and v >= 0)))
+    cache: Union[bool, str] = _f("auto", "Decode small datasets once into memory: auto, true or false.",
+                                 rule=one_of("auto", True, False))
     auto_augment: Optional[str] = _f(None, "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (train only).")
-    re_prob: float = _f(0.0, "Random erasing probability (train only).")
+    re_prob: float = _f(0.0, "Random erasing probability (train only).", rule=between(0, 1))
     re_mode: str = _f("pixel", "Random erasing mode: const, rand or pixel.")
     color_jitter: Optional[float] = _f(None, "Colour jitter strength (train only).")
-    hflip: float = _f(0.5, "Horizontal flip probability (train only).")
+    hflip: float = _f(0.5, "Horizontal flip probability (train only).", rule=between(0, 1))
     scale: Optional[list] = _f(None, "Random-resized-crop scale range [min, max] (train only).")
     ratio: Optional[list] = _f(None, "Random-resized-crop aspect ratio range [min, max] (train only).")
-    mixup_alpha: float = _f(0.0, "Mixup alpha; > 0 turns mixup on.")
-    cutmix_alpha: float = _f(0.0, "CutMix alpha; > 0 turns cutmix on.")
-    mixup_prob: float = _f(1.0, "Probability of mixing a batch when mixup/cutmix is on.")
-    mixup_switch_prob: float = _f(0.5, "Probability of cutmix instead of mixup when both are on.")
-    mixup_off_epoch: Optional[int] = _f(None, "Stop mixing from this epoch on.")
+    mixup_alpha: float = _f(0.0, "Mixup alpha; > 0 turns mixup on.", rule=at_least(0))
+    cutmix_alpha: float = _f(0.0, "CutMix alpha; > 0 turns cutmix on.", rule=at_least(0))
+    mixup_prob: float = _f(1.0, "Probability of mixing a batch when mixup/cutmix is on.", rule=between(0, 1))
+    mixup_switch_prob: float = _f(0.5, "Probability of cutmix instead of mixup when both are on.",
+                                  rule=between(0, 1))
+    mixup_off_epoch: Optional[int] = _f(None, "Stop mixing from this epoch on.", rule=optional(at_least(0)))
+
+    @property
+    def mixing(self) -> bool:
+        """Whether mixup or cutmix is on (``mixup_alpha`` or ``cutmix_alpha`` > 0)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def check(self) -> None:
+        """Rules between this section's fields.
+
+        Raises:
+            ConfigError: ``color_jitter`` set under an ``auto_augment`` policy that turns it off.
+        """
+        if self.auto_augment and self.color_jitter and "3a" not in self.auto_augment:
+            # timm turns colour jitter off under a policy; the card would record jitter that was never applied.
+            raise ConfigError(f"data.color_jitter = {self.color_jitter!r} would be ignored: timm turns colour "
+                              f"jitter off when data.auto_augment ({self.auto_augment!r}) is set",
+                              fix="remove data.color_jitter, or data.auto_augment (a '3a' policy keeps jitter)")
 
 
 @dataclass
 class LossConfig:
-    name: Union[str, dict, list] = _f(
-        "cross_entropy",
-        "Loss: a registered name, 'module:attr', or a weighted mix {name: weight | {weight: w, option: value}}.",
+    name: Optional[Union[str, dict, list]] = _f(
+        None,
+        "Loss: a registered name, 'module:attr', or a weighted mix {name: weight | {weight: w, option: value}}; "
+        "null: the task's default (cross_entropy; bce for multi-label data).",
     )
     options: dict = _f({}, "Keyword arguments for the loss, e.g. {gamma: 2.0}.")
 
@@ -104,11 +253,13 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     name: str = _f("adamw", "Optimizer: a torch or timm optimizer name.")
-    lr: float = _f(1e-3, "Base learning rate of the body.")
-    head_lr: Optional[float] = _f(None, "Learning rate of the new head (default: optim.lr).")
-    layer_decay: Optional[float] = _f(None, "Layer-wise LR decay per block from the top (e.g. 0.75).")
-    weight_decay: float = _f(0.05, "Weight decay (never applied to norms and biases).")
-    clip_grad_norm: Optional[float] = _f(None, "Clip the gradient norm to this value.")
+    lr: float = _f(1e-3, "Base learning rate of the body.", rule=above(0))
+    head_lr: Optional[float] = _f(None, "Learning rate of the new head (default: optim.lr).", rule=optional(above(0)))
+    layer_decay: Optional[float] = _f(None, "Layer-wise LR decay per block from the top (e.g. 0.75).",
+                                      rule=optional(between(0, 1, closed="(]")))
+    weight_decay: float = _f(0.05, "Weight decay (never applied to norms and biases).", rule=at_least(0))
+    # A negative clip norm would not fail: torch would flip every gradient.
+    clip_grad_norm: Optional[float] = _f(None, "Clip the gradient norm to this value.", rule=optional(above(0)))
     fused: Union[bool, Literal["auto"]] = _f(
         "auto", "torch's fused optimizer kernel: auto (for adam and adamw, unless options choose an implementation), "
         "true (adam, adamw or sgd) or false (torch's default implementation).")
@@ -118,25 +269,27 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = _f("cosine", "LR schedule: a torch scheduler class name, an alias, none, or 'module:attr'.")
-    warmup_steps: int = _f(0, "Linear warmup length in optimizer updates.")
-    warmup_start_factor: float = _f(0.01, "Warmup starts at this fraction of each group's LR.")
+    warmup_steps: int = _f(0, "Linear warmup length in optimizer updates.", rule=at_least(0))
+    warmup_start_factor: float = _f(0.01, "Warmup starts at this fraction of each group's LR.", rule=between(0, 1))
     interval: Optional[str] = _f(None, "Step the schedule per 'step' (update) or per 'epoch' (default: per schedule).")
     options: dict = _f({}, "Keyword arguments of the scheduler (torch's own names).")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(3, "Number of epochs.")
-    batch_size: int = _f(32, "Batch size per process.")
-    eval_batch_size: Optional[int] = _f(None, "Evaluation batch size per process (default: batch_size).")
-    grad_accum_steps: int = _f(1, "Micro-batches per optimizer update.")
+    epochs: int = _f(3, "Number of epochs.", rule=at_least(1))
+    batch_size: int = _f(32, "Batch size per process.", rule=at_least(1))
+    eval_batch_size: Optional[int] = _f(None, "Evaluation batch size per process (default: batch_size).",
+                                        rule=optional(at_least(1)))
+    grad_accum_steps: int = _f(1, "Micro-batches per optimizer update.", rule=at_least(1))
     mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Mixed precision: no, bf16 or fp16.")
-    channels_last: Union[bool, str] = _f("auto", "channels-last memory format: auto (conv nets), true, false.")
+    channels_last: Union[bool, str] = _f("auto", "channels-last memory format: auto (conv nets), true, false.",
+                                         rule=one_of("auto", True, False))
     cpu: bool = _f(False, "Train on CPU even when a GPU is present (gloo for several processes).")
     reuse_host_memory: Union[bool, Literal["auto"]] = _f(
         "auto", "Keep freed host memory in the process for the next update instead of returning it to the OS (glibc "
         "malloc settings, process-wide): auto (when training on CPU; about 15% faster resnet18 updates on 2 cores), "
-        "true, false.")
+        "true, false.", rule=one_of("auto", True, False))
     seed: int = _f(0, "Seed for data order, augmentation, head init and dropout.")
     check_gradients: bool = _f(
         True, "Refuse an update whose gradients hold NaN/inf, not only a non-finite loss: one read of every gradient "
@@ -144,18 +297,21 @@ class TrainConfig:
         "optimizer). With false a poisoned update is applied (and may be checkpointed) and the next update's loss "
         "stops the run.")
     output_dir: str = _f("outputs/run", "Where the model, logs, metrics and checkpoints go.")
-    checkpoint_every: Optional[int] = _f(None, "Write a checkpoint every N optimizer updates (and each epoch end).")
-    keep_checkpoints: int = _f(2, "Keep the last K complete checkpoints (never fewer than one).")
+    checkpoint_every: Optional[int] = _f(None, "Write a checkpoint every N optimizer updates (and each epoch end).",
+                                         rule=optional(at_least(1)))
+    keep_checkpoints: int = _f(2, "Keep the last K complete checkpoints (never fewer than one).", rule=at_least(1))
     resume: Optional[str] = _f(
         None, "Resume from 'latest', a checkpoint directory, or 'hub:owner/name[@branch]' (pushed checkpoints)."
     )
     ema: bool = _f(False, "Keep an exponential moving average of the weights.")
-    ema_decay: float = _f(0.999, "EMA decay per optimizer update.")
+    ema_decay: float = _f(0.999, "EMA decay per optimizer update.", rule=between(0, 1, closed="()"))
     save_ema: bool = _f(False, "Save the EMA weights as the final model instead of the raw ones.")
-    early_stopping_patience: Optional[int] = _f(None, "Stop after N epochs without a better eval metric.")
-    log_every: int = _f(10, "Write a log.jsonl record every N optimizer updates.")
+    early_stopping_patience: Optional[int] = _f(None, "Stop after N epochs without a better eval metric.",
+                                                rule=optional(at_least(1)))
+    log_every: int = _f(10, "Write a log.jsonl record every N optimizer updates.", rule=at_least(1))
     log_with: Optional[str] = _f(None, "Accelerate tracker (tensorboard, wandb, ...).")
-    max_updates: Optional[int] = _f(None, "Stop after this many optimizer updates (a smoke-test cap).")
+    max_updates: Optional[int] = _f(None, "Stop after this many optimizer updates (a smoke-test cap).",
+                                    rule=optional(at_least(1)))
 
 
 @dataclass
@@ -275,13 +431,14 @@ def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
 
 
 def config_from_dict(data: dict | None) -> FinetuneConfig:
-    """Build a :class:`FinetuneConfig` from nested plain data (as loaded from YAML).
+    """Build a :class:`FinetuneConfig` from nested plain data (as loaded from YAML), and check it.
 
     Missing sections and fields keep their defaults. Values given as strings (from the command line) are converted
-    to the field's type.
+    to the field's type. The result passes :func:`check_config`.
 
     Raises:
-        ConfigError: An unknown section or key (the message lists the valid ones), or a value of the wrong type.
+        ConfigError: An unknown section or key (the message lists the valid ones), a value of the wrong type, or a
+            value its field's rule (or its section's) refuses.
     """
     data = data or {}
     if not isinstance(data, dict):
@@ -303,7 +460,33 @@ def config_from_dict(data: dict | None) -> FinetuneConfig:
                 raise _unknown_key(key, list(hints), f"section {section!r}")
             kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
         sections[section] = cls(**kwargs)
-    return FinetuneConfig(**sections)
+    config = FinetuneConfig(**sections)
+    check_config(config)
+    return config
+
+
+def check_config(config: FinetuneConfig) -> None:
+    """Check every value against its field's :class:`Rule`, then each section's rules between fields.
+
+    A config built from YAML, flags or dicts is checked already; one built or changed in Python is checked here
+    (the trainer does, before anything is loaded).
+
+    Raises:
+        ConfigError: Naming the field, the value and what it must be.
+    """
+    for section in _SECTIONS:
+        values = getattr(config, section)
+        for f in dataclasses.fields(values):
+            rule: Rule | None = f.metadata.get("rule")
+            value = getattr(values, f.name)
+            if rule is not None and not rule.ok(value):
+                key = f"{section}.{f.name}"
+                raise ConfigError(f"{key} = {value!r} is invalid: it must be {rule.text}",
+                                  fix=f"set {key} to {rule.text}")
+    for section in _SECTIONS:
+        check = getattr(getattr(config, section), "check", None)
+        if check is not None:
+            check()
 
 
 def config_to_dict(config: FinetuneConfig) -> dict:
@@ -311,27 +494,47 @@ def config_to_dict(config: FinetuneConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def apply_overrides(config: FinetuneConfig, overrides: dict[str, Any]) -> FinetuneConfig:
-    """Return a copy of ``config`` with ``{"section.field": value}`` overrides applied and type-checked.
+def copy_config(config: FinetuneConfig) -> FinetuneConfig:
+    """A checked deep copy of ``config``: what the trainer works on, so the caller's object is never changed.
 
     Raises:
-        ConfigError: An unknown key (with close matches) or a badly typed value.
+        ConfigError: ``config`` holds a value of the wrong type, or one a rule refuses (it may have been built or
+            changed in Python, past :func:`config_from_dict`'s checks).
     """
-    data = config_to_dict(config)
+    return config_from_dict(config_to_dict(config))
+
+
+def apply_overrides(config: FinetuneConfig, overrides: dict[str, Any]) -> FinetuneConfig:
+    """Return a copy of ``config`` with ``{"section.field": value}`` overrides applied, type-checked and checked.
+
+    Raises:
+        ConfigError: An unknown key (with close matches), a badly typed value, or a value a rule refuses.
+    """
+    return config_from_dict(_merge(config_to_dict(config), overrides))
+
+
+def _merge(data: dict, overrides: dict[str, Any]) -> dict:
     valid = list(config_fields())
     for dotted, value in overrides.items():
         if dotted not in valid:
             raise _unknown_key(dotted, valid, "the overrides")
         section, key = dotted.split(".", 1)
-        data[section][key] = value
-    return config_from_dict(data)
+        values = data.setdefault(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+        values[key] = value
+    return data
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
-    """Load a YAML config file (optional) and apply ``--section.field`` style overrides.
+    """Load a YAML config file (optional) and apply ``--section.field`` style overrides, then check the result.
+
+    The overrides are merged into the file's values before anything is checked, so a flag can correct a value the
+    file gets wrong.
 
     Raises:
-        ConfigError: The file is missing or not valid YAML, or holds unknown keys or badly typed values.
+        ConfigError: The file is missing or not valid YAML, or the result holds unknown keys, badly typed values or
+            values a rule refuses.
     """
     data: dict = {}
     if path is not None:
@@ -343,5 +546,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML ({one_line(e)})",
                               fix="check the YAML syntax near the line named") from None
-    config = config_from_dict(data)
-    return apply_overrides(config, overrides or {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must be a mapping of sections, got {type(data).__name__}",
+                              fix="write the config as sections (model:, data:, train:, ...) of key: value pairs")
+    return config_from_dict(_merge(data, overrides or {}))

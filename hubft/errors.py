@@ -75,3 +75,20 @@ def one_line(error: BaseException | str, limit: int = 300) -> str:
     """
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def unwrap_worker_error(error: HubftError) -> HubftError:
+    """The one-line error inside one that torch re-raised from a DataLoader worker; ``error`` itself otherwise.
+
+    torch folds the worker's traceback into the message, which ends with ``hubft.errors.<Type>: <message>. Fix:
+    <fix>``; the same type is rebuilt from that line.
+    """
+    text = str(error)
+    if "\n" not in text:
+        return error
+    last = next((line for line in reversed(text.splitlines()) if line.startswith("hubft.errors.") and ": " in line),
+                None)
+    if last is None:
+        return error
+    message, _, fix = last.split(": ", 1)[1].partition(". Fix: ")
+    return type(error)(message, fix=fix or None)

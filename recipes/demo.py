@@ -55,7 +55,7 @@ with LocalHub(OUT / "hub", port=port, user="hubft-demo") as hub:
         "hub": {"push": True, "repo_id": "hubft-demo/digits-0-4-backbone"},
     }
     pre = hubft.finetune(backbone)
-    print(f"backbone accuracy on held-out digits 0-4: {pre['final']['accuracy']:.3f}")
+    print(f"backbone accuracy on held-out digits 0-4: {pre.final['accuracy']:.3f}")
 
     # 4. The main job, exactly as a user runs it.
     banner(f"4. accelerate launch recipes/finetune.py --config {CONFIG}")
@@ -91,8 +91,8 @@ with LocalHub(OUT / "hub", port=port, user="hubft-demo") as hub:
 
     print(f"\n{'':38}held-out accuracy on digits 5-9 ({len(keep)} images)")
     print(f"fine-tuned from the 0-4 backbone (timm): {accuracy:.3f}")
-    print(f"same budget from scratch:                {baseline['final']['accuracy']:.3f}")
+    print(f"same budget from scratch:                {baseline.final['accuracy']:.3f}")
     print(f"\nmodel card: {hub.endpoint}/hubft-demo/digits-5-9 (local copy: {OUT / 'digits-5-9' / 'README.md'})")
     print(f"plots: {', '.join(str(p) for p in sorted((OUT / 'digits-5-9').glob('*.png')))}")
-    if accuracy <= baseline["final"]["accuracy"]:
+    if accuracy <= baseline.final["accuracy"]:
         sys.exit("demo: the fine-tuned model did not beat the from-scratch baseline")

@@ -1,4 +1,5 @@
-# Fine-tune a pretrained backbone on an image-classification dataset and leave a finished model directory.
+# Fine-tune a pretrained backbone for a task (model.task: image classification by default) and leave a finished
+# model directory.
 #
 #   accelerate launch recipes/finetune.py --config recipes/configs/digits.yaml [--section.field VALUE ...]
 #   torchrun --nproc_per_node 2 recipes/finetune.py --config ... --train.cpu true
@@ -18,11 +19,14 @@ except hubft.HubftError as e:
     sys.exit(e.exit_code)
 
 try:
-    # Data: the dataset, its label names and a stratified eval split if it has none.
+    # Data: the dataset, its label names, a stratified eval split if it has none, and the task as these labels
+    # need it (one class per image, or several).
     ft.setup_data()
-    # Model: the backbone with its classifier stripped and a fresh head for these labels (frozen body if asked).
+    # Model: the backbone with its classifier stripped and the task's fresh head for these labels (frozen body if
+    # asked).
     ft.setup_model()
-    # Optimisation: loss, parameter groups (head vs body LRs), optimizer, schedule, loaders, resume.
+    # Every other part, built from those two into one frozen record (ft.parts): loaders, loss, parameter groups
+    # (head vs body LRs), optimizer, schedule, EMA; then resume, if asked.
     ft.setup_training()
     # The loop: epochs of accumulated updates, evaluation each epoch, atomic checkpoints.
     ft.fit()

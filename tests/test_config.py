@@ -98,3 +98,72 @@ def test_a_number_given_as_a_string_is_a_number_where_the_field_also_takes_bool(
     assert apply_overrides(FinetuneConfig(), {"model.freeze": "1"}).model.freeze == 1
     assert apply_overrides(FinetuneConfig(), {"model.freeze": "true"}).model.freeze is True
     assert apply_overrides(FinetuneConfig(), {"train.cpu": "1"}).train.cpu is True
+
+
+# -- rules beside their fields -------------------------------------------------------------------------------------
+def _ruled_fields():
+    return [(key, f.metadata["rule"]) for key, f in config_fields().items() if f.metadata.get("rule") is not None]
+
+
+def test_a_rule_is_in_its_field_help_and_every_range_check_has_one():
+    ruled = dict(_ruled_fields())
+    assert len(ruled) >= 30
+    for key, rule in ruled.items():
+        assert config_fields()[key].metadata["help"].endswith(f"Must be {rule.text}.")
+    for key in ("train.epochs", "optim.lr", "data.eval_fraction", "model.freeze", "train.ema_decay"):
+        assert key in ruled
+
+
+# A value each rule refuses, and one it takes (both of the field's type, so only the rule can refuse it).
+BAD_AND_GOOD = {
+    "train.epochs": (0, 1), "train.batch_size": (0, 8), "train.eval_batch_size": (0, None),
+    "train.grad_accum_steps": (0, 2), "train.keep_checkpoints": (0, 1), "train.checkpoint_every": (0, 5),
+    "train.log_every": (0, 1), "train.ema_decay": (1.0, 0.99), "train.max_updates": (0, 3),
+    "train.channels_last": ("maybe", "auto"), "train.early_stopping_patience": (0, 2),
+    "optim.lr": (0.0, 1e-3), "optim.head_lr": (-1.0, None), "optim.layer_decay": (0.0, 1.0),
+    "optim.weight_decay": (-0.1, 0.0), "optim.clip_grad_norm": (-1.0, 1.0),
+    "schedule.warmup_steps": (-1, 0), "schedule.warmup_start_factor": (1.5, 0.0),
+    "data.eval_fraction": (1.0, 0.5), "data.num_workers": (-1, "auto"), "data.cache": ("sometimes", True),
+    "data.image_size": (4, 8), "data.re_prob": (1.5, 1.0), "data.hflip": (-0.1, 0.0), "data.mixup_alpha": (-1.0, 0.0),
+    "data.mixup_off_epoch": (-1, 0), "data.max_per_class": (0, 1),
+    "model.freeze": (-2, "body"), "model.drop_rate": (1.0, 0.0), "model.drop_path_rate": (-0.1, None),
+}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_AND_GOOD))
+def test_each_rule_refuses_a_bad_value_with_a_message_made_from_it(key):
+    from hubft.config import Rule, apply_overrides, check_config
+
+    bad, good = BAD_AND_GOOD[key]
+    rule: Rule = config_fields()[key].metadata["rule"]
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(FinetuneConfig(), {key: bad})
+    assert str(info.value) == f"{key} = {bad!r} is invalid: it must be {rule.text}. Fix: set {key} to {rule.text}"
+    check_config(apply_overrides(FinetuneConfig(), {key: good}))
+
+
+def test_rules_between_fields_sit_on_their_section():
+    with pytest.raises(ConfigError, match="model.unfreeze_epoch = 2 is invalid.*together with model.freeze"):
+        config_from_dict({"model": {"unfreeze_epoch": 2}})
+    with pytest.raises(ConfigError, match="data.color_jitter = 0.4 would be ignored"):
+        config_from_dict({"data": {"auto_augment": "rand-m9-mstd0.5", "color_jitter": 0.4}})
+    assert config_from_dict({"model": {"freeze": True, "unfreeze_epoch": 2}}).model.unfreezes
+
+
+def test_a_flag_can_correct_a_value_the_file_gets_wrong(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match="train.epochs = 0"):
+        load_config(path)
+    assert load_config(path, {"train.epochs": "2"}).train.epochs == 2
+
+
+@pytest.mark.parametrize(("value", "frozen", "stages"), [
+    (False, False, None), ("none", False, None), (True, True, None), ("body", True, None), (0, True, 0),
+    (3, True, 3),
+])
+def test_model_freeze_is_decoded_in_one_place(value, frozen, stages):
+    from hubft.config import Freeze, ModelConfig
+
+    assert ModelConfig(freeze=value).frozen == Freeze(frozen, stages)
+    assert ModelConfig(freeze=value, unfreeze_epoch=1).unfreezes is frozen

@@ -194,6 +194,23 @@ def _check_not_empty(split: str, dataset: datasets.Dataset, after: str) -> None:
                         fix="check the data source, classes= and max_per_class=, or pass another split")
 
 
+def _read_source(name: str | None, path: str | Path | None, dataset: Any, revision: str | None,
+                 train_split: str) -> tuple[datasets.DatasetDict, str, str | None, str | None, Path | None]:
+    """The source as a ``DatasetDict``, with its kind, origin, the Hub commit read and the folder of a file's paths."""
+    if name is not None:
+        loaded, revision_sha = _from_hub(name, revision)
+        return loaded, "hub", name, revision_sha, None
+    if path is not None:
+        loaded, kind, base_dir = _from_path(path)
+        return loaded, kind, str(path), None, base_dir
+    if isinstance(dataset, datasets.DatasetDict):
+        return dataset, "python", None, None, None
+    if isinstance(dataset, datasets.Dataset):
+        return datasets.DatasetDict({train_split: dataset}), "python", None, None, None
+    raise ConfigError(f"dataset must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}",
+                      fix="load it with datasets.load_dataset(...) without streaming=True")
+
+
 def load_data(
     *,
     name: str | None = None,
@@ -252,21 +269,7 @@ def load_data(
         (['class_0', 'class_1', 'class_2'], 24, 6, 0.2)
     """
     _check_options(name, path, dataset, revision, eval_fraction, max_per_class, seed)
-    revision_sha, base_dir = None, None
-    if name is not None:
-        loaded, revision_sha = _from_hub(name, revision)
-        kind, origin = "hub", name
-    elif path is not None:
-        loaded, kind, base_dir = _from_path(path)
-        origin = str(path)
-    elif isinstance(dataset, datasets.DatasetDict):
-        loaded, kind, origin = dataset, "python", None
-    elif isinstance(dataset, datasets.Dataset):
-        loaded, kind, origin = datasets.DatasetDict({train_split: dataset}), "python", None
-    else:
-        raise ConfigError(f"dataset must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}",
-                          fix="load it with datasets.load_dataset(...) without streaming=True")
-
+    loaded, kind, origin, revision_sha, base_dir = _read_source(name, path, dataset, revision, train_split)
     train_split, eval_split = _pick_splits(list(loaded), train_split, eval_split)
     splits = {train_split: loaded[train_split]}
     if eval_split is not None:

@@ -27,8 +27,9 @@ from hubft.files import atomic_write_text
 if TYPE_CHECKING:
     from huggingface_hub import ModelCardData
 
-__all__ = ["PLOTS", "CARD_METRICS", "CardMetric", "model_card_data", "render_model_card", "validate_model_card",
-           "write_model_card"]
+    from hubft.tasks import Task
+
+__all__ = ["PLOTS", "model_card_data", "render_model_card", "validate_model_card", "write_model_card"]
 
 PLOTS = {
     "lr_curve.png": "Learning rate of every parameter group per optimizer update",
@@ -37,34 +38,7 @@ PLOTS = {
 }
 """The plot files a run writes, with their captions in the card (and the order they appear in)."""
 
-_TAGS = ("hubft", "timm", "image-classification")
-
-
-@dataclass(frozen=True)
-class CardMetric:
-    """How one entry of ``metrics.json`` appears in the card's ``model-index``.
-
-    Attributes:
-        key: The key in the run's eval metrics.
-        metric_type: The Hub metric id (``EvalResult.metric_type``).
-        name: The pretty name shown on the Hub.
-        args: ``EvalResult.metric_args`` (e.g. the F1 average).
-    """
-
-    key: str
-    metric_type: str
-    name: str
-    args: tuple[tuple[str, str], ...] = ()
-
-
-CARD_METRICS = (
-    CardMetric("accuracy", "accuracy", "Top-1 accuracy"),
-    CardMetric("top5", "top_5_accuracy", "Top-5 accuracy"),
-    CardMetric("f1_macro", "f1", "Macro F1", (("average", "macro"),)),
-    CardMetric("f1_micro", "f1", "Micro F1", (("average", "micro"),)),
-    CardMetric("map", "mean_average_precision", "Mean average precision"),
-)
-"""Eval metrics published as ``EvalResult`` s, in order; the eval loss is shown in the body only."""
+_TAGS = ("hubft", "timm")
 
 
 @dataclass(frozen=True)
@@ -87,6 +61,13 @@ class _Run:
     @property
     def dataset(self) -> dict:
         return self.facts.get("dataset") or {}
+
+    @property
+    def task(self) -> Task:
+        """The run's task (``metrics.json`` names it; a directory without metrics is a classifier)."""
+        from hubft.tasks import DEFAULT_TASK, get_task
+
+        return get_task(self.facts.get("task") or DEFAULT_TASK).for_labels(bool(self.facts.get("multi_label")))
 
 
 def _read_run(output_dir: str | os.PathLike) -> _Run:
@@ -176,19 +157,19 @@ def model_card_data(output_dir: str | os.PathLike, *, repo_id: str | None = None
 def _card_data(run: _Run, *, repo_id: str | None, license: str | None, token: str | bool | None) -> ModelCardData:
     from huggingface_hub import EvalResult, ModelCardData
 
-    ds, final = run.dataset, run.metrics.get("final") or {}
+    ds, final, task = run.dataset, run.metrics.get("final") or {}, run.task
     dataset_id, dataset_type, dataset_name = _dataset_names(ds)
     eval_results = [
-        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_type,
+        EvalResult(task_type=task.pipeline_tag, task_name=task.title, dataset_type=dataset_type,
                    dataset_name=dataset_name.replace("`", ""), dataset_split=_eval_split(ds),
                    dataset_revision=ds.get("revision_sha") or ds.get("revision"), metric_type=m.metric_type,
                    metric_name=m.name, metric_value=round(float(final[m.key]), 6), metric_args=dict(m.args) or None)
-        for m in CARD_METRICS if isinstance(final.get(m.key), (int, float))
+        for m in task.card_metrics if isinstance(final.get(m.key), (int, float))
     ]
-    tags = [*_TAGS] + (["multi-label"] if run.facts.get("multi_label") else [])
+    tags = [*_TAGS, *task.tags]
     license = license or (run.config.get("hub") or {}).get("license") or _base_model_license(run.base, token)
     return ModelCardData(
-        library_name="timm", pipeline_tag="image-classification", license=license, tags=tags,
+        library_name="timm", pipeline_tag=task.pipeline_tag, license=license, tags=tags,
         base_model=run.base.get("repo_id"), datasets=[dataset_id] if dataset_id else None,
         metrics=sorted({r.metric_type for r in eval_results}) or None,
         model_name=(repo_id or "model").split("/")[-1], eval_results=eval_results or None,
@@ -264,14 +245,13 @@ def _regularisation(f: dict) -> str:
 def _results(run: _Run) -> tuple[list, list, str, str]:
     final = run.metrics.get("final") or {}
     best = (run.metrics.get("best") or {}).get("eval") or {}
-    rows = [(m.name, _fmt(final.get(m.key)), _fmt(best.get(m.key))) for m in CARD_METRICS if m.key in final]
+    rows = [(m.name, _fmt(final.get(m.key)), _fmt(best.get(m.key))) for m in run.task.card_metrics if m.key in final]
     if "loss" in final:
         rows.append(("Eval loss", _fmt(final["loss"]), _fmt(best.get("loss"))))
-    for key, title, metric in (("per_class_accuracy", "Per-class accuracy", "accuracy"),
-                               ("per_class_ap", "Per-class average precision", "AP")):
-        if final.get(key):
-            # A "|" in a class name would end its table cell.
-            return rows, [(k.replace("|", "\\|"), _fmt(v)) for k, v in final[key].items()], title, metric
+    if run.task.per_class and final.get(run.task.per_class[0]):
+        key, title, metric = run.task.per_class
+        # A "|" in a class name would end its table cell.
+        return rows, [(k.replace("|", "\\|"), _fmt(v)) for k, v in final[key].items()], title, metric
     return rows, [], "", ""
 
 
@@ -279,7 +259,7 @@ def render_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = No
                       token: str | bool | None = None) -> str:
     """Render the README.md model card of a run directory.
 
-    Metadata: ``library_name: timm``, ``pipeline_tag: image-classification``, tags, license, ``base_model`` (the
+    Metadata: ``library_name: timm``, the task's ``pipeline_tag`` and tags, license, ``base_model`` (the
     source repo), ``datasets`` (a Hub dataset id), ``metrics`` and a ``model-index`` whose eval results (top-1,
     top-5, F1 or mAP, with the dataset id or local kind, split and revision) ``ModelCard.load(...).data
     .eval_results`` returns. Body: the model and its labels, loading snippets with ``repo_id``, the training
@@ -305,8 +285,7 @@ def _render(run: _Run, data: ModelCardData, repo_id: str | None) -> str:
     f = run.facts
     labels = run.model.get("label_names") or f.get("label_names") or []
     _, _, dataset_name = _dataset_names(run.dataset)
-    what = "multi-label image classifier" if f.get("multi_label") else "image classifier"
-    summary = (f"A `{run.model.get('architecture', '?')}` {what} for {len(labels) or '?'} classes, "
+    summary = (f"A `{run.model.get('architecture', '?')}` {run.task.summary} for {len(labels) or '?'} classes, "
                f"fine-tuned with hubft from {_base_label(run.base, run.model)}"
                + (f" on {dataset_name}." if f else "."))
     results, per_class, per_class_title, per_class_metric = _results(run)

@@ -21,17 +21,18 @@ def lr_curve_for_config(config: FinetuneConfig, *, updates_per_epoch: int = 100,
     Raises:
         HubftError: An invalid config, model name or schedule.
     """
-    from hubft.models import create_model, freeze
+    from hubft.models import freeze
     from hubft.optim import lr_curve, param_groups
+    from hubft.tasks import get_task
 
     c = config
     n = num_classes or (len(c.data.classes) if c.data.classes else 10)
-    model = create_model(c.model.name, num_classes=n, pretrained=False, revision=c.model.revision)
-    if c.model.freeze not in (False, "none"):
-        freeze(model, stages=None if c.model.freeze is True or c.model.freeze == "body" else int(c.model.freeze))
-    unfreezes = c.model.unfreeze_epoch is not None and c.model.freeze not in (False, "none")
+    model = get_task(c.model.task).create_model(c.model.name, num_classes=n, pretrained=False,
+                                                revision=c.model.revision)
+    if c.model.frozen.frozen:
+        freeze(model, stages=c.model.frozen.stages)
     groups = param_groups(model, lr=c.optim.lr, weight_decay=c.optim.weight_decay, head_lr=c.optim.head_lr,
-                          layer_decay=c.optim.layer_decay, include_frozen=unfreezes)
+                          layer_decay=c.optim.layer_decay, include_frozen=c.model.unfreezes)
     total = updates_per_epoch * c.train.epochs
     if c.train.max_updates is not None:
         total = min(total, c.train.max_updates)

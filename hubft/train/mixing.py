@@ -20,16 +20,11 @@ from hubft.errors import ConfigError
 
 if TYPE_CHECKING:
     from hubft.config import DataConfig, FinetuneConfig
-    from hubft.train.finetune import Finetuner
+    from hubft.tasks import Task
 
-__all__ = ["BatchMixing", "check_mixing_loss", "create_mixing", "mixing_enabled"]
+__all__ = ["BatchMixing", "check_mixing_loss", "create_mixing"]
 
 _FEATURE = "mixup/cutmix (data.mixup_alpha / data.cutmix_alpha)"
-
-
-def mixing_enabled(data_config: "DataConfig") -> bool:
-    """True when the data config turns mixup or cutmix on (``mixup_alpha`` or ``cutmix_alpha`` > 0)."""
-    return data_config.mixup_alpha > 0 or data_config.cutmix_alpha > 0
 
 
 class BatchMixing:
@@ -158,37 +153,56 @@ def check_mixing_loss(config: "FinetuneConfig", loss: Any = None) -> None:
 
     Does nothing when mixing is off. The loss is built as the run will build it (``loss`` replacing ``loss.name``,
     with ``loss.options`` less ``label_smoothing``, which moves into the mixing step) and asked
-    :func:`~hubft.losses.accepts_soft_targets`.
+    :func:`~hubft.losses.accepts_soft_targets`. Without either, the task's default losses are asked (for single-
+    and multi-label data: which one applies is known only once the data is loaded).
 
     Raises:
-        ConfigError: The loss cannot take soft targets; the message names it and the fix names
-            ``soft_target_cross_entropy`` and ``bce``.
+        ConfigError: The task does not mix batches, or the loss cannot take soft targets; the message names it and
+            the fix names ``soft_target_cross_entropy`` and ``bce``.
     """
-    if not mixing_enabled(config.data):
+    if not config.data.mixing:
         return
     from hubft.losses import create_loss, require_soft_targets
+    from hubft.tasks import get_task
 
+    task = get_task(config.model.task)
+    if not task.batch_mixing:
+        raise ConfigError(f"task {task.name!r} does not mix batches: {_FEATURE} mixes targets as class distributions",
+                          fix="set data.mixup_alpha and data.cutmix_alpha to 0")
     options = {k: v for k, v in config.loss.options.items() if k != "label_smoothing"}
-    spec = loss if loss is not None else config.loss.name
-    require_soft_targets(create_loss(spec, **options), feature=_FEATURE)
+    given = loss if loss is not None else config.loss.name
+    specs = [given] if given is not None else [t.default_loss for t in (task, task.multi_label) if t is not None]
+    for spec in specs:
+        require_soft_targets(create_loss(spec, **options), feature=_FEATURE)
 
 
-def create_mixing(ft: "Finetuner") -> BatchMixing | None:
-    """Build the batch mixing of a set-up run (``data.mixup_*`` / ``data.cutmix_*``), or None when it is off.
+def create_mixing(data_config: "DataConfig", task: "Task", loss_fn: Any, label_smoothing: float,
+                  num_classes: int, multi_label: bool) -> BatchMixing | None:
+    """The batch mixing of a run (``data.mixup_*`` / ``data.cutmix_*``), or None when it is off.
 
-    Label smoothing is ``ft.mixing_label_smoothing`` (taken out of ``loss.options`` by the run).
+    Args:
+        data_config: The run's data section.
+        task: The run's task, which must mix batches (:attr:`~hubft.tasks.Task.batch_mixing`).
+        loss_fn: The run's loss, which must take soft targets.
+        label_smoothing: Taken out of ``loss.options`` by the run (see
+            :func:`~hubft.train.setup.create_run_loss`).
+        num_classes: The width of the targets.
+        multi_label: The targets are multi-hot rows rather than class indices.
 
     Raises:
-        ConfigError: The run's loss cannot take soft targets (named, with the losses that can).
+        ConfigError: The task does not mix batches, or the run's loss cannot take soft targets (named, with the
+            losses that can).
     """
     from hubft.losses import require_soft_targets
 
-    d = ft.config.data
-    if not mixing_enabled(d):
+    d = data_config
+    if not d.mixing:
         return None
-    require_soft_targets(ft.loss_fn, feature=_FEATURE)
+    if not task.batch_mixing:
+        raise ConfigError(f"task {task.name!r} does not mix batches: {_FEATURE} mixes targets as class distributions",
+                          fix="set data.mixup_alpha and data.cutmix_alpha to 0")
+    require_soft_targets(loss_fn, feature=_FEATURE)
     return BatchMixing(
         mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha, prob=d.mixup_prob, switch_prob=d.mixup_switch_prob,
-        label_smoothing=ft.mixing_label_smoothing, num_classes=len(ft.data.label_names),
-        multi_label=ft.data.multi_label, off_epoch=d.mixup_off_epoch,
+        label_smoothing=label_smoothing, num_classes=num_classes, multi_label=multi_label, off_epoch=d.mixup_off_epoch,
     )

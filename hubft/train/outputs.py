@@ -30,9 +30,10 @@ from hubft.files import atomic_write_text
 from hubft.train.checkpoint import Exchange, run_agreed
 
 if TYPE_CHECKING:
-    from hubft.train.finetune import Finetuner
+    from hubft.train.loop import TrainLoop
+    from hubft.train.parts import RunParts
 
-__all__ = ["OutputWriter", "framework_versions"]
+__all__ = ["OutputWriter", "flat_dict", "framework_versions"]
 
 
 def framework_versions() -> dict:
@@ -71,10 +72,8 @@ class OutputWriter:
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.tracker is not None:
-            from hubft.train.finetune import _flat
-
             kind = record.get("type", "step")
-            values = {k: v for k, v in _flat(record, f"{kind}/").items() if isinstance(v, (int, float))
+            values = {k: v for k, v in flat_dict(record, f"{kind}/").items() if isinstance(v, (int, float))
                       and not isinstance(v, bool) and not k.endswith(("/step", "/epoch"))}
             self.tracker(values, step=record.get("step"))
 
@@ -96,24 +95,23 @@ class OutputWriter:
         kept = [r for r in self.read_log() if r.get("step", 0) <= step]
         atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def start(self, ft: "Finetuner") -> None:
+    def start(self, parts: "RunParts") -> None:
         """Before training: the resolved config and the LR curves of every parameter group."""
         if not self.is_main:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config_to_dict(ft.config), sort_keys=False))
+        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(config_to_dict(parts.config), sort_keys=False))
         from hubft.train.plots import plot_lr_of_run
 
-        plot_lr_of_run(ft, self.root)
+        plot_lr_of_run(parts, self.root)
 
-    def finish(self, ft: "Finetuner", exchange: Exchange | None = None) -> Path:
+    def finish(self, parts: "RunParts", loop: "TrainLoop", exchange: Exchange | None = None) -> Path:
         """After training: model, metrics, plots and model card, written by the main process.
 
         ``exchange`` (see :func:`~hubft.train.checkpoint.run_agreed`) ends the writes instead of a plain barrier:
         when they fail on the main process (disk full), every process raises the same error instead of waiting.
         """
-        acc = ft.accelerator
-        acc.wait_for_everyone()
+        parts.accelerator.wait_for_everyone()
 
         def write() -> None:
             if not self.is_main:
@@ -122,55 +120,71 @@ class OutputWriter:
             from hubft.models import save_pretrained
             from hubft.train.plots import plot_run
 
-            c, loop = ft.config, ft.loop
-            model = ft.ema.module if (ft.ema is not None and c.train.save_ema) else acc.unwrap_model(ft.model)
-            save_pretrained(model, self.root)
+            c = parts.config
+            save_pretrained(parts.ema.module if (parts.ema is not None and c.train.save_ema)
+                            else parts.unwrapped_model, self.root)
             metrics = {
-                "final": getattr(loop, "last_metrics", None),
+                "final": loop.last_metrics,
                 "best": loop.best_record(),
                 "best_epoch": loop.state.best_epoch,
                 "history": loop.state.history,
-                "run": self.run_facts(ft),
+                "run": run_facts(parts, loop.state.update),
             }
             atomic_write_text(self.root / "metrics.json", json.dumps(metrics, indent=1))
-            plot_run(self.root, self.read_log(), metrics, list(ft.data.label_names))
+            plot_run(self.root, self.read_log(), metrics, list(parts.data.label_names),
+                     [m.key for m in parts.task.card_metrics])
             write_model_card(self.root, repo_id=c.hub.repo_id)
 
         run_agreed(write, exchange)
         return self.root
 
-    @staticmethod
-    def run_facts(ft: "Finetuner") -> dict:
-        c, acc = ft.config, ft.accelerator
-        src = getattr(acc.unwrap_model(ft.model), "hubft_source", {}) or {}
-        return {
-            "base_model": src,
-            "dataset": ft.data.source.to_dict(),
-            "label_names": list(ft.data.label_names),
-            "multi_label": ft.data.multi_label,
-            "train_examples": len(ft.data.train),
-            "eval_examples": len(ft.data.eval),
-            "loss": ft.loss_spec,
-            "loss_options": c.loss.options,
-            "optimizer": c.optim.name,
-            "param_groups": [{"name": n, "lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"]}
-                             for n, g in zip(ft.group_names, ft.optimizer.param_groups)],
-            "schedule": c.schedule.name,
-            "warmup_steps": c.schedule.warmup_steps,
-            "epochs": c.train.epochs,
-            "updates": ft.loop.state.update,
-            "batch_size_per_process": c.train.batch_size,
-            "grad_accum_steps": c.train.grad_accum_steps,
-            "processes": acc.num_processes,
-            "effective_batch_size": c.train.batch_size * c.train.grad_accum_steps * acc.num_processes,
-            "mixed_precision": c.train.mixed_precision,
-            "channels_last": ft.channels_last,
-            "device": acc.device.type,
-            "seed": c.train.seed,
-            "augmentation": {k: getattr(c.data, k) for k in (
-                "auto_augment", "re_prob", "re_mode", "color_jitter", "hflip", "scale", "ratio", "mixup_alpha",
-                "cutmix_alpha", "mixup_prob", "mixup_switch_prob", "mixup_off_epoch")},
-            "regularisation": {"drop_rate": c.model.drop_rate, "drop_path_rate": c.model.drop_path_rate,
-                               "weight_decay": c.optim.weight_decay, "ema": c.train.ema},
-            "frameworks": framework_versions(),
-        }
+
+def run_facts(parts: "RunParts", updates: int) -> dict:
+    """What ``metrics.json`` records about how the run was made (the model card is written from it)."""
+    c, acc = parts.config, parts.accelerator
+    return {
+        "task": parts.task.name,
+        "base_model": getattr(parts.unwrapped_model, "hubft_source", {}) or {},
+        "dataset": parts.data.source.to_dict(),
+        "label_names": list(parts.data.label_names),
+        "multi_label": parts.data.multi_label,
+        "train_examples": len(parts.data.train),
+        "eval_examples": len(parts.data.eval),
+        "loss": parts.loss_label,
+        "loss_options": c.loss.options,
+        "optimizer": c.optim.name,
+        "param_groups": [{"name": n, "lr": g.get("initial_lr", g["lr"]), "weight_decay": g["weight_decay"]}
+                         for n, g in zip(parts.group_names, parts.optimizer.param_groups)],
+        "schedule": c.schedule.name,
+        "warmup_steps": c.schedule.warmup_steps,
+        "epochs": c.train.epochs,
+        "updates": updates,
+        "batch_size_per_process": c.train.batch_size,
+        "grad_accum_steps": c.train.grad_accum_steps,
+        "processes": acc.num_processes,
+        "effective_batch_size": c.train.batch_size * c.train.grad_accum_steps * acc.num_processes,
+        "mixed_precision": c.train.mixed_precision,
+        "channels_last": parts.channels_last,
+        "device": acc.device.type,
+        "seed": c.train.seed,
+        "augmentation": {k: getattr(c.data, k) for k in (
+            "auto_augment", "re_prob", "re_mode", "color_jitter", "hflip", "scale", "ratio", "mixup_alpha",
+            "cutmix_alpha", "mixup_prob", "mixup_switch_prob", "mixup_off_epoch")},
+        "regularisation": {"drop_rate": c.model.drop_rate, "drop_path_rate": c.model.drop_path_rate,
+                           "weight_decay": c.optim.weight_decay, "ema": c.train.ema},
+        "frameworks": framework_versions(),
+    }
+
+
+def flat_dict(data: dict, prefix: str = "", *, scalars_only: bool = False) -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; with ``scalars_only`` lists and None become strings (tracker hparams)."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_dict(value, f"{name}/", scalars_only=scalars_only))
+        elif not scalars_only or isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hubft.train.finetune import Finetuner
+    from hubft.train.parts import RunParts
 
 __all__ = ["plot_lr_of_run", "plot_run"]
 
@@ -27,14 +27,14 @@ def _pyplot():
     return plt
 
 
-def plot_lr_of_run(ft: "Finetuner", out_dir: Path) -> None:
+def plot_lr_of_run(parts: "RunParts", out_dir: Path) -> None:
     """Write ``lr_curve.png`` / ``lr_curve.csv``: each group's LR at every update, computed without training."""
-    from hubft.optim import lr_curve, plot_lr_curves
+    from hubft.optim import plot_lr_curves
 
     if _pyplot() is None:
         return
-    c = ft.config
-    curves = lr_curve_for(ft.optimizer, c, ft.updates_per_epoch, ft.total_updates, ft.group_names)
+    curves = lr_curve_for(parts.optimizer, parts.config, parts.updates_per_epoch, parts.total_updates,
+                          list(parts.group_names))
     plot_lr_curves(curves, out_dir / "lr_curve.png", out_dir / "lr_curve.csv")
 
 
@@ -50,8 +50,9 @@ def lr_curve_for(optimizer, config, updates_per_epoch: int, total_updates: int, 
                     **s.options)
 
 
-def plot_run(out_dir: Path, log: list[dict], metrics: dict, label_names: list[str]) -> None:
-    """Write ``loss_curve.png`` (train loss per logged update, eval metric per epoch) and ``confusion_matrix.png``."""
+def plot_run(out_dir: Path, log: list[dict], metrics: dict, label_names: list[str], metric_keys: list[str]) -> None:
+    """Write ``loss_curve.png`` (train loss per logged update, the ``metric_keys`` per epoch) and, when the final
+    metrics hold one, ``confusion_matrix.png``."""
     plt = _pyplot()
     if plt is None:
         return
@@ -62,7 +63,7 @@ def plot_run(out_dir: Path, log: list[dict], metrics: dict, label_names: list[st
     ax1.set_xlabel("optimizer update")
     ax1.set_ylabel("train loss")
     ax1.set_title("training loss")
-    for key in ("accuracy", "top5", "f1_macro", "map"):
+    for key in metric_keys:
         pts = [(r["epoch"], r["eval"][key]) for r in epochs if r.get("eval", {}).get(key) is not None]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)

@@ -1,4 +1,4 @@
-"""Checks of a fine-tuning config that types cannot express, run before any data, model or file is touched."""
+"""Checks of a run that the config's own rules cannot make: against the file system, the data and the task."""
 
 from __future__ import annotations
 
@@ -9,68 +9,25 @@ import torch.nn as nn
 
 from hubft.config import FinetuneConfig
 from hubft.errors import ConfigError
+from hubft.tasks import Task
 from hubft.train.checkpoint import interrupted_run
 
-__all__ = ["validate_config", "check_loss_takes_labels", "check_no_batch_of_one"]
+__all__ = ["check_run_config", "check_loss_fits_task", "check_no_batch_of_one"]
 
 
-def validate_config(config: FinetuneConfig) -> None:
-    """Value checks that the type system cannot express, done before anything heavy starts.
+def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> None:
+    """Checks of a run's config against the world, before any data, model or file is touched (the values' own
+    rules were checked when the config was built, see :func:`~hubft.config.check_config`).
+
+    Args:
+        config: The run's config.
+        has_dataset: A dataset object is given in Python, so neither ``data.name`` nor ``data.path`` is needed.
 
     Raises:
-        ConfigError: Naming the field, the value and the accepted range.
+        ConfigError: The output directory is a file or holds an interrupted run, the data source is missing or
+            given twice, or a Hub repo id or checkpoint source is malformed.
     """
     c = config
-
-    def need(ok: bool, key: str, value: Any, rule: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key} = {value!r} is invalid: it must be {rule}", fix=f"set {key} to {rule}")
-
-    need(c.train.epochs >= 1, "train.epochs", c.train.epochs, ">= 1")
-    need(c.train.batch_size >= 1, "train.batch_size", c.train.batch_size, ">= 1")
-    need(c.train.eval_batch_size is None or c.train.eval_batch_size >= 1, "train.eval_batch_size",
-         c.train.eval_batch_size, "null or >= 1")
-    need(c.train.max_updates is None or c.train.max_updates >= 1, "train.max_updates", c.train.max_updates,
-         "null or >= 1")
-    need(c.train.grad_accum_steps >= 1, "train.grad_accum_steps", c.train.grad_accum_steps, ">= 1")
-    need(c.train.keep_checkpoints >= 1, "train.keep_checkpoints", c.train.keep_checkpoints, ">= 1")
-    need(c.train.checkpoint_every is None or c.train.checkpoint_every >= 1, "train.checkpoint_every",
-         c.train.checkpoint_every, "null or >= 1")
-    need(c.train.log_every >= 1, "train.log_every", c.train.log_every, ">= 1")
-    need(0 < c.train.ema_decay < 1, "train.ema_decay", c.train.ema_decay, "in (0, 1)")
-    need(c.train.channels_last in ("auto", True, False), "train.channels_last", c.train.channels_last,
-         "auto, true or false")
-    need(c.train.reuse_host_memory in ("auto", True, False), "train.reuse_host_memory", c.train.reuse_host_memory,
-         "auto, true or false")
-    need(c.optim.lr > 0, "optim.lr", c.optim.lr, "> 0")
-    need(c.optim.head_lr is None or c.optim.head_lr > 0, "optim.head_lr", c.optim.head_lr, "null or > 0")
-    need(c.optim.layer_decay is None or 0 < c.optim.layer_decay <= 1, "optim.layer_decay", c.optim.layer_decay,
-         "null or in (0, 1]")
-    need(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, ">= 0")
-    # A negative clip norm would not fail: torch would flip every gradient.
-    need(c.optim.clip_grad_norm is None or c.optim.clip_grad_norm > 0, "optim.clip_grad_norm",
-         c.optim.clip_grad_norm, "null or > 0")
-    need(c.schedule.warmup_steps >= 0, "schedule.warmup_steps", c.schedule.warmup_steps, ">= 0")
-    need(0 < c.data.eval_fraction < 1, "data.eval_fraction", c.data.eval_fraction, "in (0, 1)")
-    need(c.data.num_workers == "auto" or (type(c.data.num_workers) is int and c.data.num_workers >= 0),
-         "data.num_workers", c.data.num_workers, "auto or a number >= 0")
-    need(c.data.cache in ("auto", True, False), "data.cache", c.data.cache, "auto, true or false")
-    need(c.data.mixup_off_epoch is None or c.data.mixup_off_epoch >= 0, "data.mixup_off_epoch",
-         c.data.mixup_off_epoch, "null or >= 0")
-    need(c.data.image_size is None or c.data.image_size >= 8, "data.image_size", c.data.image_size, "null or >= 8")
-    for key in ("re_prob", "hflip", "mixup_prob", "mixup_switch_prob"):
-        v = getattr(c.data, key)
-        need(0 <= v <= 1, f"data.{key}", v, "in [0, 1]")
-    need(c.data.mixup_alpha >= 0, "data.mixup_alpha", c.data.mixup_alpha, ">= 0")
-    need(c.data.cutmix_alpha >= 0, "data.cutmix_alpha", c.data.cutmix_alpha, ">= 0")
-    for key in ("drop_rate", "drop_path_rate"):
-        v = getattr(c.model, key)
-        need(v is None or 0 <= v < 1, f"model.{key}", v, "null or in [0, 1)")
-    freeze = c.model.freeze
-    need(freeze in (True, False, "body", "none") or (isinstance(freeze, int) and freeze >= 0), "model.freeze",
-         freeze, "false, true, 'body' or a number of stages >= 0")
-    need(c.model.unfreeze_epoch is None or (freeze not in (False, "none") and c.model.unfreeze_epoch >= 0),
-         "model.unfreeze_epoch", c.model.unfreeze_epoch, "null, or an epoch >= 0 together with model.freeze")
     out = Path(c.train.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.output_dir {str(out)!r} is a file, not a directory",
@@ -82,14 +39,13 @@ def validate_config(config: FinetuneConfig) -> None:
             "run there would mix its checkpoints with that run's",
             fix="continue it with --train.resume latest, or start over in another train.output_dir (or delete "
                 "its checkpoints/ folder)")
-    if (c.data.name is None) == (c.data.path is None):
+    given = (c.data.name is not None) + (c.data.path is not None)
+    if has_dataset and given:
+        raise ConfigError("a dataset was passed in Python, so data.name and data.path must be null",
+                          fix="drop data.name / data.path, or do not pass a dataset")
+    if not has_dataset and given != 1:
         raise ConfigError("give exactly one of data.name (a Hub dataset id) and data.path (a local folder or file)",
                           fix="set data.name or data.path in the config, not both")
-    if c.data.auto_augment and c.data.color_jitter and "3a" not in c.data.auto_augment:
-        # timm turns colour jitter off under a policy; the card would record jitter that was never applied.
-        raise ConfigError(f"data.color_jitter = {c.data.color_jitter!r} would be ignored: timm turns colour jitter "
-                          f"off when data.auto_augment ({c.data.auto_augment!r}) is set",
-                          fix="remove data.color_jitter, or data.auto_augment (a '3a' policy keeps jitter)")
     if c.hub.push or c.hub.push_checkpoints:
         from hubft.hub.repo_id import check_repo_id
 
@@ -100,17 +56,33 @@ def validate_config(config: FinetuneConfig) -> None:
         parse_checkpoint_spec(c.train.resume)
 
 
-def check_loss_takes_labels(spec: Any) -> None:
-    """Refuse, before anything is written, a registered loss that needs dense (regression) targets."""
+# How a loss's target kind reads in an error (see hubft.losses.LossInfo.target).
+_TARGET_WORDS = {
+    "class": "class labels",
+    "binary": "0/1 labels of the output's shape",
+    "dense": "a target of its own shape (regression)",
+}
+
+
+def check_loss_fits_task(spec: Any, task: Task) -> None:
+    """Refuse, before anything is written, a registered loss built for another kind of target than the task's.
+
+    Losses given as functions, modules or ``module:attr`` paths are the user's business and pass.
+
+    Raises:
+        ConfigError: Naming the loss, what it compares the output with, and the losses that fit.
+    """
     from hubft.losses import get_loss_info, list_losses
 
     registered = set(list_losses())
     names = [spec] if isinstance(spec, str) else [k for k in spec if isinstance(k, str)] if isinstance(spec, dict) \
         else []
-    for name in (n for n in names if n in registered and get_loss_info(n).target == "dense"):
-        usable = ", ".join(n for n in sorted(registered) if get_loss_info(n).target != "dense")
-        raise ConfigError(f"loss {name!r} compares the output with a target of its own shape (regression), but "
-                          "the data has class labels", fix=f"use a classification loss: {usable}")
+    for name in (n for n in names if n in registered):
+        kind = get_loss_info(name).target
+        if kind not in task.loss_targets:
+            usable = ", ".join(n for n in sorted(registered) if get_loss_info(n).target in task.loss_targets)
+            raise ConfigError(f"loss {name!r} compares the output with {_TARGET_WORDS[kind]}, but the target here "
+                              f"is {task.target}", fix=f"use a loss for these targets: {usable}")
 
 
 def check_no_batch_of_one(model: nn.Module, examples: int, batch_size: int, processes: int) -> None:

@@ -41,12 +41,12 @@ def test_a_non_finite_update_applies_nothing_and_writes_nothing(point, tmp_path,
         with pytest.raises(TrainingError, match=r"non-finite loss or gradients at epoch 0, step 3"):
             ft.fit()
         step2 = load_file(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "model.safetensors"))
-        now = ft.accelerator.unwrap_model(ft.model).state_dict()
+        now = ft.accelerator.unwrap_model(ft.parts.model).state_dict()
         assert step2.keys() == now.keys()
         assert all(torch.equal(step2[k], now[k]) for k in now), "the model moved at the poisoned update"
-        assert all(p.grad is None for p in ft.model.parameters())
+        assert all(p.grad is None for p in ft.parts.model.parameters())
         opt = torch.load(tmp_path / "run" / "checkpoints" / "step-00000002" / "optimizer.bin", weights_only=True)
-        state = ft.optimizer.state_dict()["state"]
+        state = ft.parts.optimizer.state_dict()["state"]
         assert opt["state"].keys() == state.keys()
         assert all(torch.equal(opt["state"][k][n], state[k][n]) for k in state for n in ("exp_avg", "exp_avg_sq"))
     finally:
@@ -72,8 +72,8 @@ def test_the_deferred_check_skips_on_the_device_and_stops_one_update_later(point
     ft = hubft.Finetuner(cfg)
     try:
         ft.setup()
-        assert not ft.loop.deferred_check, "on CPU the check reads its flag at once"
-        ft.loop.deferred_check = True
+        assert not ft.loop.finite.deferred, "on CPU the check reads its flag at once"
+        ft.loop.finite.deferred = True
         with pytest.raises(TrainingError, match=r"non-finite loss or gradients at epoch 0, step 3"):
             ft.fit()
         # Update 3 was counted as done (its flag not read yet); update 4 ran forward and backward, and its check
@@ -81,11 +81,11 @@ def test_the_deferred_check_skips_on_the_device_and_stops_one_update_later(point
         assert (ft.loop.state.update, ft.loop.state.batches_in_epoch) == (3, 3)
         step2 = tmp_path / "run" / "checkpoints" / "step-00000002"
         saved = load_file(str(step2 / "model.safetensors"))
-        now = ft.accelerator.unwrap_model(ft.model).state_dict()
+        now = ft.accelerator.unwrap_model(ft.parts.model).state_dict()
         assert saved.keys() == now.keys()
         assert all(torch.equal(saved[k], now[k]) for k in now), "weights or BatchNorm statistics moved"
         opt = torch.load(step2 / "optimizer.bin", weights_only=True)["state"]
-        state = ft.optimizer.state_dict()["state"]
+        state = ft.parts.optimizer.state_dict()["state"]
         assert all(torch.equal(opt[k][n], state[k][n]) for k in state for n in ("exp_avg", "exp_avg_sq", "step"))
     finally:
         ft.close()
@@ -103,7 +103,7 @@ def test_only_fused_optimizers_take_the_deferred_check(tmp_path, images, rel):
         ft = hubft.Finetuner(cfg)
         try:
             ft.setup()
-            assert takes_found_inf(ft.optimizer) is expected
+            assert takes_found_inf(ft.parts.optimizer) is expected
         finally:
             ft.close()
 

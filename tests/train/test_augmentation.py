@@ -7,6 +7,7 @@ pixels in the first image can be read off as its mean.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,7 +20,9 @@ import hubft
 from hubft.testing import reset_process_state
 from hubft.errors import ConfigError
 from hubft.faults import FaultInjected
+from hubft.train.loop import TrainLoop
 from hubft.train.mixing import BatchMixing, check_mixing_loss
+from hubft.train.setup import create_run_model
 from hubft.train.sampler import mix_seed
 
 DRAWS = 2000
@@ -56,7 +59,7 @@ def _set_up(cfg: dict, dataset) -> hubft.Finetuner:
 
 
 def _train_transform(ft: hubft.Finetuner):
-    return ft.train_dl.dataset.dataset.transform  # SeededDataset -> ImageClassificationDataset -> transform
+    return ft.parts.train_loader.dataset.dataset.transform  # SeededDataset -> ImageClassificationDataset -> transform
 
 
 def _drop_probs(model: torch.nn.Module) -> list[float]:
@@ -83,14 +86,14 @@ OPTIONS = [
                  lambda ft: "scale=(0.5, 1.0), ratio=(0.75, 1.33)" in repr(_train_transform(ft)),
                  id="random-resized-crop"),
     pytest.param({"data": {"mixup_alpha": 0.8}, "loss": SOFT},
-                 lambda ft: isinstance(ft.loop.mixup, BatchMixing), id="mixup"),
+                 lambda ft: isinstance(ft.parts.mixing, BatchMixing), id="mixup"),
     pytest.param({"data": {"cutmix_alpha": 1.0}, "loss": SOFT},
-                 lambda ft: isinstance(ft.loop.mixup, BatchMixing), id="cutmix"),
+                 lambda ft: isinstance(ft.parts.mixing, BatchMixing), id="cutmix"),
     pytest.param({"data": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mixup_prob": 0.8},
                   "loss": {"name": "cross_entropy", "options": {"label_smoothing": 0.1}}},
-                 lambda ft: ft.loop.mixup.label_smoothing == 0.1, id="mixup-cutmix-label-smoothing"),
+                 lambda ft: ft.parts.mixing.label_smoothing == 0.1, id="mixup-cutmix-label-smoothing"),
     pytest.param({"model": {"name": "resnet10t", "pretrained": False, "drop_path_rate": 0.2, "drop_rate": 0.2}},
-                 lambda ft: max(_drop_probs(ft.model)) == pytest.approx(0.2), id="drop-path-dropout"),
+                 lambda ft: max(_drop_probs(ft.parts.model)) == pytest.approx(0.2), id="drop-path-dropout"),
 ]
 
 
@@ -104,9 +107,9 @@ def test_each_option_trains(tmp_path, learnable, make_config, sections, is_on):
                       train={"epochs": 1})
     ft = _set_up(cfg, learnable)
     assert is_on(ft), "the option under test did not reach the run"
-    before = ft.loop.evaluate(ft.model)
+    before = ft.loop.evaluate(ft.parts.model)
     ft.loop.train_epoch(0)
-    after = ft.loop.evaluate(ft.model)
+    after = ft.loop.evaluate(ft.parts.model)
     ft.close()
     assert ft.loop.state.update == 12
     assert after["loss"] < 2 / 3 * before["loss"], (before["loss"], after["loss"])
@@ -155,10 +158,10 @@ def test_every_soft_target_loss_trains_on_mixed_batches(tmp_path, tiny_dataset, 
                       train={"epochs": 1, "max_updates": 2})
     check_mixing_loss(hubft.load_config(None, {"loss.name": loss, "data.mixup_alpha": "0.8"}))
     ft = _set_up(cfg, tiny_dataset)
-    assert ft.loop.mixup.label_smoothing == 0.1
+    assert ft.parts.mixing.label_smoothing == 0.1
     ft.loop.train_epoch(0)
     ft.close()
-    steps = [r for r in ft.output.read_log() if r["type"] == "step"]
+    steps = [r for r in ft.parts.output.read_log() if r["type"] == "step"]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in steps)
 
@@ -181,19 +184,20 @@ def test_eval_batches_are_untouched_by_augmentation(tmp_path, tiny_dataset, make
     augmented, plain = _set_up(on, tiny_dataset), _set_up(off, tiny_dataset)
 
     def first_train_batch(ft):
-        ft.train_dl.set_epoch(0)
-        return next(iter(ft.train_dl))[0]
+        ft.parts.train_loader.set_epoch(0)
+        return next(iter(ft.parts.train_loader))[0]
 
     assert not torch.equal(first_train_batch(augmented), first_train_batch(plain)), "augmentation is not on"
-    for (xa, ya), (xp, yp) in zip(augmented.eval_dl, plain.eval_dl, strict=True):
+    for (xa, ya), (xp, yp) in zip(augmented.parts.eval_loader, plain.parts.eval_loader, strict=True):
         assert torch.equal(xa, xp) and torch.equal(ya, yp)
 
     calls = []
-    mixing = augmented.loop.mixup
-    augmented.loop.mixup = lambda *args, **kwargs: calls.append(1) or mixing(*args, **kwargs)
-    same_weights = zip(augmented.model.state_dict().values(), plain.model.state_dict().values())
+    mixing = augmented.parts.mixing
+    watched = TrainLoop(dataclasses.replace(
+        augmented.parts, mixing=lambda *args, **kwargs: calls.append(1) or mixing(*args, **kwargs)))
+    same_weights = zip(augmented.parts.model.state_dict().values(), plain.parts.model.state_dict().values())
     assert all(torch.equal(a, b) for a, b in same_weights)
-    assert augmented.loop.evaluate(augmented.model) == plain.loop.evaluate(plain.model)
+    assert watched.evaluate(augmented.parts.model) == plain.loop.evaluate(plain.parts.model)
     assert calls == []
 
 
@@ -202,8 +206,7 @@ def test_drop_rates_reach_the_backbone(tmp_path, tiny_dataset, make_config):
         ft = hubft.Finetuner(make_config(tmp_path / "run", model={"name": "resnet10t", "pretrained": False,
                                                                   **model_section}), dataset=tiny_dataset)
         ft.setup_data()
-        ft.setup_model()
-        return ft.model
+        return create_run_model(ft.config, ft.data, ft.task)[0]
 
     model = built({"drop_rate": 0.3, "drop_path_rate": 0.2})
     probs = _drop_probs(model)

@@ -19,8 +19,8 @@ def test_ema_is_evaluated_and_saved_when_asked(tmp_path, tiny_dataset, make_conf
     ft.save()
     ft.close()
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
-    ema = ft.ema.module.state_dict()
-    raw = ft.accelerator.unwrap_model(ft.model).state_dict()
+    ema = ft.parts.ema.module.state_dict()
+    raw = ft.accelerator.unwrap_model(ft.parts.model).state_dict()
     assert all(torch.equal(saved[k], ema[k].contiguous()) for k in saved)
     assert any(not torch.equal(saved[k], raw[k].contiguous()) for k in saved if saved[k].is_floating_point())
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
@@ -51,7 +51,7 @@ def test_multi_label_data_trains_with_bce_and_reports_map(tmp_path, make_config)
 
 
 def test_single_process_cpu_launch_is_warned(monkeypatch, capsys):
-    from hubft.train.finetune import _warn_single_process_cpu_launch
+    from hubft.train.setup import _warn_single_process_cpu_launch
 
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -103,7 +103,7 @@ def test_log_with_sends_step_and_epoch_records_to_accelerate_trackers(tmp_path, 
 
 @pytest.mark.parametrize("name,expected", [("resnet10t", True), ("mobilenetv3_small_050", True), ("test_vit", False)])
 def test_channels_last_auto_picks_convolutional_backbones(name, expected):
-    from hubft.train.finetune import _use_channels_last
+    from hubft.train.setup import _use_channels_last
 
     model = hubft.create_model(name, num_classes=3, pretrained=False)
     assert _use_channels_last(model, "auto") is expected
@@ -118,7 +118,7 @@ def test_channels_last_auto_picks_convolutional_backbones(name, expected):
     ("cuda", 8, 8, 0),
 ])
 def test_num_workers_auto(monkeypatch, device, processes, cores, expected):
-    from hubft.train.finetune import default_num_workers
+    from hubft.train.setup import default_num_workers
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     assert default_num_workers(torch.device(device), processes) == expected
@@ -127,16 +127,15 @@ def test_num_workers_auto(monkeypatch, device, processes, cores, expected):
 @pytest.mark.parametrize("value, ok", [("auto", True), (0, True), (3, True), (-1, False), ("four", False),
                                        (True, False)])
 def test_num_workers_setting_is_validated(make_config, tmp_path, value, ok):
-    from hubft.config import config_from_dict
+    from hubft.config import check_config, config_from_dict
     from hubft.errors import ConfigError
-    from hubft.train.validation import validate_config
 
     section = {"data": {"name": "owner/digits", "num_workers": value}}
     if ok:
-        validate_config(config_from_dict(section))
+        check_config(config_from_dict(section))
     else:
         with pytest.raises(ConfigError, match="data.num_workers"):
-            validate_config(config_from_dict(section))
+            check_config(config_from_dict(section))
 
 
 def test_a_failed_cli_run_frees_its_model_before_returning(tmp_path, make_config, monkeypatch):
@@ -175,7 +174,7 @@ def test_uint8_batches_train_exactly_as_float_batches(tmp_path, tiny_dataset, ma
         ft = hubft.Finetuner(make_config(tmp_path / "probe" / name), dataset=tiny_dataset)
         try:
             ft.setup()
-            return next(iter(ft.train_dl))[0].dtype
+            return next(iter(ft.parts.train_loader))[0].dtype
         finally:
             ft.close()
 
@@ -207,7 +206,7 @@ class _Unreadable(torch.utils.data.Dataset):
 def test_an_error_raised_in_a_worker_reads_as_the_original_one_liner():
     """torch folds a worker's traceback into the message; the loop gives back the error as it was raised."""
     from hubft.errors import DataError
-    from hubft.train.loop import _plain_worker_errors
+    from hubft.train.workers import plain_worker_errors as _plain_worker_errors
 
     loader = torch.utils.data.DataLoader(_Unreadable(), batch_size=2, num_workers=1)
     with pytest.raises(DataError) as info:
@@ -221,8 +220,8 @@ def test_freeze_1_freezes_one_stage_not_the_body(tmp_path, tiny_dataset, make_co
     ft = hubft.Finetuner(make_config(tmp_path, model={"freeze": 1}), dataset=tiny_dataset)
     try:
         ft.setup()
-        frozen = {n for n, p in ft.model.named_parameters() if not p.requires_grad}
-        trainable = {n for n, p in ft.model.named_parameters() if p.requires_grad}
+        frozen = {n for n, p in ft.parts.model.named_parameters() if not p.requires_grad}
+        trainable = {n for n, p in ft.parts.model.named_parameters() if p.requires_grad}
         assert frozen and any(not n.startswith(("fc.", "head")) for n in trainable)
     finally:
         ft.close()
@@ -249,10 +248,10 @@ def test_resume_puts_back_the_configured_optimizer_kernel(tmp_path, tiny_dataset
     ft = hubft.Finetuner(again, dataset=tiny_dataset)
     try:
         ft.setup()
-        inner = ft.optimizer.optimizer
+        inner = ft.parts.optimizer.optimizer
         assert all(g["fused"] for g in inner.param_groups)
         assert all(s["step"].dtype == torch.float32 for s in inner.state.values())
-        ft.loop.deferred_check = True  # what CUDA would use: found_inf reaches the fused step
+        ft.loop.finite.deferred = True  # what CUDA would use: found_inf reaches the fused step
         ft.fit()
         assert ft.loop.state.epoch == 2
     finally:

@@ -125,7 +125,7 @@ def test_every_classification_loss_trains_from_yaml(tmp_path, tiny_dataset, make
     ft.setup()
     ft.loop.train_epoch(0)
     ft.close()
-    steps = [r for r in ft.output.read_log() if r["type"] == "step"]
+    steps = [r for r in ft.parts.output.read_log() if r["type"] == "step"]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
 
@@ -162,7 +162,7 @@ def test_head_lr_freeze_schedule_and_image_folder(tmp_path, make_config):
                       optim={"lr": 0.001, "head_lr": 0.01})
     ft = hubft.Finetuner(cfg)
     ft.setup()
-    body = [p for n, p in ft.model.named_parameters() if not n.startswith("fc.")]
+    body = [p for n, p in ft.parts.model.named_parameters() if not n.startswith("fc.")]
     before = [p.detach().clone() for p in body]
     assert not any(p.requires_grad for p in body)
     ft.loop.train_epoch(0)
@@ -170,6 +170,44 @@ def test_head_lr_freeze_schedule_and_image_folder(tmp_path, make_config):
     ft.loop.end_epoch(0)
     ft.fit()
     assert any(not torch.equal(a, b) for a, b in zip(before, body)), "the body trains after unfreeze_epoch"
-    lrs = {g["name"]: g.get("initial_lr", g["lr"]) for g in ft.optimizer.param_groups}
+    lrs = {g["name"]: g.get("initial_lr", g["lr"]) for g in ft.parts.optimizer.param_groups}
     assert any("head" in n and lr == pytest.approx(0.01) for n, lr in lrs.items())
     ft.close()
+
+
+def test_a_run_never_changes_the_callers_config_and_returns_a_frozen_result(tmp_path, tiny_dataset, make_config):
+    import copy
+    import dataclasses
+
+    config = hubft.config_from_dict(make_config(tmp_path / "run", train={"epochs": 1, "max_updates": 2}))
+    before = copy.deepcopy(config)
+    ft = hubft.Finetuner(config, dataset=tiny_dataset)
+    assert ft.config == config and ft.config is not config and ft.config.train is not config.train
+    ft.setup()
+    try:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ft.parts.model = None  # type: ignore[misc]
+        assert ft.parts.task.name == "image-classification" and ft.loop.parts is ft.parts
+        ft.fit()
+        ft.save()
+    finally:
+        ft.close()
+    result = ft.result()
+    assert config == before
+    assert isinstance(result, hubft.FinetuneResult) and result.steps == 2
+    assert result["final"] is result.final and result.get("nope", 7) == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.steps = 3  # type: ignore[misc]
+    facts = json.loads((tmp_path / "run" / "metrics.json").read_text())["run"]
+    assert facts["task"] == "image-classification" and facts["loss"] == "cross_entropy"
+
+
+def test_a_config_changed_in_python_is_checked_by_the_run(tmp_path, tiny_dataset, make_config):
+    config = hubft.config_from_dict(make_config(tmp_path / "run"))
+    config.train.epochs = 0
+    with pytest.raises(ConfigError, match="train.epochs = 0 is invalid"):
+        hubft.Finetuner(config, dataset=tiny_dataset)
+    config.train.epochs, config.optim.lr = 1, "fast"
+    with pytest.raises(ConfigError, match="optim.lr must be float"):
+        hubft.Finetuner(config, dataset=tiny_dataset)
+    assert not (tmp_path / "run").exists()

@@ -6,7 +6,10 @@ Multi-label: mean average precision and micro/macro F1 at a 0.5 probability thre
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["classification_metrics", "multilabel_metrics"]
 
@@ -24,6 +27,8 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, label_na
         for a class absent from the targets), ``confusion_matrix`` (``C x C`` nested lists, rows = true class) and
         ``num_samples``.
     """
+    import torch
+
     logits = logits.float()
     num_classes = logits.shape[1]
     pred = logits.argmax(dim=1)
@@ -52,6 +57,8 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, label_na
 
 
 def _average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float | None:
+    import torch
+
     num_pos = int(positives.sum())
     if num_pos == 0:
         return None
@@ -68,6 +75,8 @@ def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, label_names:
         ``map`` (mean over classes with at least one positive), ``f1_micro``, ``f1_macro``,
         ``per_class_ap`` (name -> AP or None) and ``num_samples``.
     """
+    import torch
+
     probs = logits.float().sigmoid()
     pos = targets > 0.5
     pred = probs > 0.5

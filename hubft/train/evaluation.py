@@ -1,0 +1,46 @@
+"""Evaluation of a run's model on its eval split, with the task's metrics."""
+
+from __future__ import annotations
+
+import torch
+
+from hubft.train.parts import RunParts
+from hubft.train.workers import plain_worker_errors
+
+__all__ = ["evaluate", "metric_summary"]
+
+
+@torch.no_grad()
+def evaluate(parts: RunParts, model: torch.nn.Module) -> dict:
+    """The task's metrics of ``model`` on the whole eval split, gathered from every process.
+
+    ``model`` is the run's model or its EMA copy; its train / eval mode is left as it was. The eval loss is added
+    as ``loss`` (None when the loss cannot run on the gathered CPU tensors).
+    """
+    acc = parts.accelerator
+    was_training = model.training
+    model.eval()
+    outputs, targets = [], []
+    for x, y in plain_worker_errors(parts.eval_loader):
+        if x.dtype == torch.uint8:
+            x = parts.eval_normalize(x)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with acc.autocast():
+            out = model(x)
+        out, y = acc.gather_for_metrics((out.float().contiguous(), y.contiguous()))
+        outputs.append(out.cpu())
+        targets.append(y.cpu())
+    model.train(was_training)
+    output, target = torch.cat(outputs), torch.cat(targets)
+    metrics = parts.task.compute_metrics(output, target, list(parts.data.label_names))
+    try:
+        metrics["loss"] = float(parts.loss_fn(output, target))
+    except Exception:  # a user loss may not run on CPU tensors outside its device; the metric is optional
+        metrics["loss"] = None
+    return metrics
+
+
+def metric_summary(metrics: dict) -> dict:
+    """The scalar metrics (what the log, the history and the progress line show)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
