@@ -1,6 +1,6 @@
 """Evaluation metrics computed from gathered logits and targets.
 
-Single-label: loss, top-1, top-5 (with at least 5 classes), per-class accuracy, macro F1 and the confusion matrix.
+Single-label: loss, top-1, top-5 (with more than 5 classes), per-class accuracy, macro F1 and the confusion matrix.
 Multi-label: mean average precision and micro/macro F1 at a 0.5 probability threshold.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["classification_metrics", "multilabel_metrics"]
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, label_names: list[str]) -> dict:
-    """Metrics for single-label classification.
+    """Metrics for single-label classification; the lower class index wins a tie, in top-1 and top-5.
 
     Args:
         logits: ``[N, C]`` scores.
@@ -23,36 +23,43 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, label_na
         label_names: ``C`` names, used as keys of ``per_class_accuracy``.
 
     Returns:
-        ``accuracy``, ``top5`` (only when ``C >= 5``), ``f1_macro``, ``per_class_accuracy`` (name -> accuracy, None
+        ``accuracy``, ``top5`` (only when ``C > 5``), ``f1_macro``, ``per_class_accuracy`` (name -> accuracy, None
         for a class absent from the targets), ``confusion_matrix`` (``C x C`` nested lists, rows = true class) and
-        ``num_samples``.
+        ``num_samples``. Rates are 0.0 when there are no examples.
+
+    Examples:
+        >>> import torch
+        >>> m = classification_metrics(torch.tensor([[2.0, 1.0], [0.5, 0.5]]), torch.tensor([0, 1]), ["a", "b"])
+        >>> m["accuracy"], m["per_class_accuracy"], m["confusion_matrix"]  # the tie goes to the lower index, "a"
+        (0.5, {'a': 1.0, 'b': 0.0}, [[1, 0], [1, 0]])
     """
     import torch
 
     logits = logits.float()
+    targets = targets.long()
     num_classes = logits.shape[1]
-    pred = logits.argmax(dim=1)
     n = targets.numel()
+    pred = logits.argmax(dim=1)  # the first maximum: the lower index wins a tie
     out: dict = {"num_samples": int(n)}
-    out["accuracy"] = float((pred == targets).float().mean()) if n else 0.0
-    if num_classes >= 5:
-        top5 = logits.topk(5, dim=1).indices
-        out["top5"] = float((top5 == targets[:, None]).any(dim=1).float().mean()) if n else 0.0
+    out["accuracy"] = int((pred == targets).sum()) / n if n else 0.0
+    if num_classes > 5:
+        # topk's order among equal scores is unspecified; a stable sort keeps argmax's rule (lower index first)
+        top5 = logits.sort(dim=1, descending=True, stable=True).indices[:, :5]
+        out["top5"] = int((top5 == targets[:, None]).any(dim=1).sum()) / n if n else 0.0
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    cm.index_put_((targets.long(), pred.long()), torch.ones_like(targets, dtype=torch.long), accumulate=True)
-    support = cm.sum(dim=1)
-    predicted = cm.sum(dim=0)
-    tp = cm.diag()
+    cm.index_put_((targets, pred), torch.ones_like(targets), accumulate=True)
+    # Python ints from here on, so the rates are float64 like scikit-learn's, not float32
+    rows, support, predicted = cm.tolist(), cm.sum(dim=1).tolist(), cm.sum(dim=0).tolist()
     per_class = {}
     f1s = []
     for c, name in enumerate(label_names):
-        per_class[name] = float(tp[c] / support[c]) if support[c] else None
-        denom = support[c] + predicted[c]
+        tp = rows[c][c]
+        per_class[name] = tp / support[c] if support[c] else None
         if support[c]:
-            f1s.append(float(2 * tp[c] / denom) if denom else 0.0)
+            f1s.append(2 * tp / (support[c] + predicted[c]))
     out["f1_macro"] = sum(f1s) / len(f1s) if f1s else 0.0
     out["per_class_accuracy"] = per_class
-    out["confusion_matrix"] = cm.tolist()
+    out["confusion_matrix"] = rows
     return out
 
 
