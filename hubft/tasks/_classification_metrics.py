@@ -64,40 +64,56 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, label_na
 
 
 def _average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float | None:
+    """Non-interpolated AP of one label: sum over distinct scores of (R_n - R_{n-1}) * P_n; None without positives."""
     import torch
 
     num_pos = int(positives.sum())
     if num_pos == 0:
         return None
     order = scores.argsort(descending=True)
-    hits = positives[order].float()
-    precision_at_k = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
-    return float((precision_at_k * hits).sum() / num_pos)
+    ranked = scores[order]
+    tps = positives[order].double().cumsum(0)
+    # A threshold keeps every example scored at least as high as it, so only the last of a run of equal scores
+    # is a point of the curve: counting ties one by one would make AP depend on their arbitrary order.
+    last_of_run = torch.ones_like(ranked, dtype=torch.bool)
+    last_of_run[:-1] = ranked[1:] != ranked[:-1]
+    kept = torch.arange(1, len(ranked) + 1, dtype=torch.float64)[last_of_run]
+    tps = tps[last_of_run]
+    new_tps = torch.diff(tps, prepend=tps.new_zeros(1))
+    return float((new_tps * tps / kept).sum() / num_pos)
 
 
 def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, label_names: list[str]) -> dict:
-    """Metrics for multi-label classification (``targets`` is ``[N, C]`` multi-hot).
+    """Metrics for multi-label classification; tied scores are one threshold of average precision.
+
+    Args:
+        logits: ``[N, C]`` scores, one sigmoid per label.
+        targets: ``[N, C]`` multi-hot rows; an entry above 0.5 is a positive (so smoothed labels count too).
+        label_names: ``C`` names, used as keys of ``per_class_ap``.
 
     Returns:
-        ``map`` (mean over classes with at least one positive), ``f1_micro``, ``f1_macro``,
-        ``per_class_ap`` (name -> AP or None) and ``num_samples``.
-    """
-    import torch
+        ``map`` (mean over labels with at least one positive), ``f1_micro``, ``f1_macro``, ``per_class_ap``
+        (name -> AP, None for a label without positives) and ``num_samples``.
 
-    probs = logits.float().sigmoid()
+    Examples:
+        >>> import torch
+        >>> m = multilabel_metrics(torch.tensor([[1.0, -1.0], [1.0, -2.0]]), torch.tensor([[0, 0], [1, 0]]), ["a", "b"])
+        >>> m["per_class_ap"], m["f1_macro"]  # tied scores are one threshold; "b" has nothing to find
+        ({'a': 0.5, 'b': None}, 0.8333333333333333)
+    """
+    logits = logits.float()
     pos = targets > 0.5
-    pred = probs > 0.5
-    aps = {name: _average_precision(probs[:, c], pos[:, c]) for c, name in enumerate(label_names)}
+    pred = logits > 0  # sigmoid(logit) > 0.5, without float32 rounding tiny logits to exactly 0.5
+    aps = {name: _average_precision(logits[:, c], pos[:, c]) for c, name in enumerate(label_names)}
     valid = [v for v in aps.values() if v is not None]
-    tp = (pred & pos).sum(0).float()
-    fp = (pred & ~pos).sum(0).float()
-    fn = (~pred & pos).sum(0).float()
-    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
-    per_class_f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+    tp = (pred & pos).sum(0).double()
+    errors = (pred ^ pos).sum(0).double()  # false positives + false negatives
+    micro_den = float(2 * tp.sum() + errors.sum())
+    per_class_f1 = [2 * t / (2 * t + e) if 2 * t + e else 1.0 for t, e in zip(tp.tolist(), errors.tolist())]
     return {
         "num_samples": int(targets.shape[0]),
         "map": sum(valid) / len(valid) if valid else 0.0,
-        "f1_micro": float(2 * tp.sum() / micro_den) if micro_den else 1.0,
-        "f1_macro": float(per_class_f1.mean()),
+        "f1_micro": float(2 * tp.sum()) / micro_den if micro_den else 1.0,
+        "f1_macro": sum(per_class_f1) / len(per_class_f1),
         "per_class_ap": aps,
     }

@@ -146,3 +146,77 @@ def test_no_examples_score_zero():
     ours = _ours(classification_metrics, torch.zeros(0, 6), torch.zeros(0, dtype=torch.long))
     assert (ours["accuracy"], ours["top5"], ours["f1_macro"], ours["num_samples"]) == (0.0, 0.0, 0.0, 0)
     assert set(ours["per_class_accuracy"].values()) == {None}
+
+
+# ---------------------------------------------------------------- multi-label
+
+
+def _assert_multilabel_matches_sklearn(logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    ours = _ours(multilabel_metrics, logits, targets)
+    scores, pos = logits.double().numpy(), (targets.numpy() > 0.5).astype(int)
+    pred = (expit(scores) > 0.5).astype(int)
+    expected_ap = {
+        name: average_precision_score(pos[:, c], scores[:, c]) if pos[:, c].any() else None
+        for c, name in enumerate(_names(scores.shape[1]))
+    }
+    measured = [ap for ap in expected_ap.values() if ap is not None]
+
+    assert ours["num_samples"] == scores.shape[0]
+    assert ours["per_class_ap"] == pytest.approx(expected_ap, abs=TOL)
+    assert ours["map"] == pytest.approx(float(np.mean(measured)) if measured else 0.0, abs=TOL)
+    if scores.shape[1] == 1:  # scikit-learn reads one column as binary targets: F1 of the positive class
+        f1 = f1_score(pos[:, 0], pred[:, 0], average="binary", zero_division=1)
+        assert ours["f1_micro"] == pytest.approx(f1, abs=TOL) and ours["f1_macro"] == pytest.approx(f1, abs=TOL)
+    else:
+        assert ours["f1_micro"] == pytest.approx(f1_score(pos, pred, average="micro", zero_division=1), abs=TOL)
+        assert ours["f1_macro"] == pytest.approx(f1_score(pos, pred, average="macro", zero_division=1), abs=TOL)
+    return ours
+
+
+@pytest.mark.parametrize("scores", SCORES)
+@pytest.mark.parametrize(("n", "num_classes", "seed"), MULTILABEL_CASES, ids=MULTILABEL_IDS)
+def test_multilabel_metrics_equal_sklearn(n, num_classes, seed, scores):
+    logits = _logits(n, num_classes, seed, scores)
+    targets = (torch.rand(n, num_classes, generator=torch.Generator().manual_seed(seed + 100)) < 0.3).float()
+    _assert_multilabel_matches_sklearn(logits, targets)
+
+
+@pytest.mark.parametrize("positive", [0, 1], ids=["tie-positive-first", "tie-positive-second"])
+def test_tied_scores_are_one_threshold_whatever_their_order(positive):
+    logits = torch.tensor([[0.5], [0.5], [0.1]])
+    targets = torch.zeros(3, 1)
+    targets[positive] = 1
+    ours = _assert_multilabel_matches_sklearn(logits, targets)
+    assert ours["per_class_ap"]["class0"] == 0.5  # one threshold takes both tied examples: precision 1/2, recall 1
+
+
+def test_heavy_ties_match_sklearn_per_label():
+    logits = torch.round(torch.randn(200, 4, generator=torch.Generator().manual_seed(7)) * 10) / 10
+    targets = (torch.rand(200, 4, generator=torch.Generator().manual_seed(8)) < 0.4).float()
+    assert all(len(set(col)) < 100 for col in logits.T.tolist())  # more than half of each label's scores are ties
+    _assert_multilabel_matches_sklearn(logits, targets)
+
+
+def test_average_precision_ranks_by_logit_where_float32_probabilities_tie():
+    logits = torch.tensor([[30.0], [20.0], [0.0]])
+    assert torch.sigmoid(logits[0]) == torch.sigmoid(logits[1]) == 1.0  # the tie ranking by probability would see
+    ours = _assert_multilabel_matches_sklearn(logits, torch.tensor([[1.0], [0.0], [0.0]]))
+    assert ours["per_class_ap"]["class0"] == 1.0
+
+
+def test_labels_without_positives_have_no_ap_and_f1_by_prediction():
+    logits = torch.tensor([[2.0, -1.0, 1.0], [-1.0, -1.0, -1.0], [1.0, -2.0, -1.0], [0.0, -1.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    ours = _assert_multilabel_matches_sklearn(logits, targets)
+    assert ours["per_class_ap"] == {"class0": pytest.approx(5 / 6), "class1": None, "class2": None}
+    assert ours["map"] == pytest.approx(5 / 6)  # the labels without positives are left out of the mean
+    # class0: logit 0 is not a prediction (probability exactly 0.5), so tp 1, fp 1, fn 1; class1: nothing to find
+    # and nothing found, 1.0; class2: one false positive, 0.0
+    assert ours["f1_macro"] == pytest.approx((2 / 4 + 1.0 + 0.0) / 3)
+    assert ours["f1_micro"] == pytest.approx(2 / (2 + 3))
+
+
+def test_nothing_to_find_and_nothing_found_scores_one():
+    ours = _assert_multilabel_matches_sklearn(-torch.ones(3, 2), torch.zeros(3, 2))
+    assert (ours["map"], ours["f1_micro"], ours["f1_macro"]) == (0.0, 1.0, 1.0)
+    assert ours["per_class_ap"] == {"class0": None, "class1": None}
