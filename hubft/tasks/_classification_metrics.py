@@ -1,7 +1,35 @@
 """Evaluation metrics computed from gathered logits and targets.
 
-Single-label: loss, top-1, top-5 (with more than 5 classes), per-class accuracy, macro F1 and the confusion matrix.
-Multi-label: mean average precision and micro/macro F1 at a 0.5 probability threshold.
+Single-label (:func:`classification_metrics`): top-1 and top-5 accuracy, macro F1, per-class accuracy and the
+confusion matrix. Multi-label (:func:`multilabel_metrics`): mean average precision and micro / macro F1. Each equals
+the scikit-learn call named below (``tests/tasks/test_classification_metrics.py`` checks them on random and
+adversarial inputs); where scikit-learn warns or leaves a choice, these are the conventions, and none of them warns:
+
+- **Ties** (equal logits, common under bf16 / fp16 autocast): the lower class index ranks first, for top-1
+  (``argmax`` takes the first maximum) and top-5 (a stable descending sort). ``accuracy`` equals
+  ``accuracy_score(y, logits.argmax(1))``. ``top5`` equals ``top_k_accuracy_score(y, logits, k=5,
+  labels=range(C))`` when the target's score is not tied at the cut; among ties scikit-learn ranks the *higher*
+  index first, so in general ``top5`` equals ``top_k_accuracy_score(C - 1 - y, logits[:, ::-1], k=5, ...)``.
+- **top5 needs more than 5 classes**: with 5 or fewer every class is in the top 5, so it would be 1.0 whatever the
+  model (scikit-learn warns that ``k >= n_classes`` is meaningless); it is left out.
+- **Macro F1** (single-label) averages the classes present in the targets: ``f1_score(y, pred,
+  labels=sorted(set(y)), average="macro", zero_division=0)``. A class never predicted scores 0. A class predicted
+  but absent from the targets is not averaged; it counts only through the errors it causes (the missed examples
+  of the true classes).
+- **Per-class accuracy** is each class's recall, ``recall_score(y, pred, labels=range(C), average=None)``, and None
+  for a class absent from the targets (scikit-learn warns and reports 0.0 there).
+- **Confusion matrix**: ``confusion_matrix(y, pred, labels=range(C))``; rows are true classes, columns predictions.
+- **Average precision** (``per_class_ap``, ``map``) ranks each label's examples by logit, which orders them as the
+  sigmoid does without float32 rounding tying the confident ones (every logit above ~17 has probability 1.0). It
+  equals ``average_precision_score(y[:, c], logits[:, c])``: non-interpolated, the sum over distinct scores of
+  (R_n - R_{n-1}) * P_n, so tied scores are one threshold and the order within them does not matter. A label with
+  no positive target has AP None and is left out of ``map`` (scikit-learn warns, sets recall to 1 and scores it
+  0.0, which would pull the mean down for a label the eval split cannot measure); ``map`` is 0.0 when no label has
+  a positive.
+- **Multi-label F1** predicts a label when its probability is above 0.5 (its logit above 0; exactly 0.5 is not a
+  prediction) and equals ``f1_score(y, probs > 0.5, average="micro" / "macro", zero_division=1)``: a label with
+  neither a positive target nor a positive prediction scores 1.0 (nothing to find, nothing wrongly found), and so
+  does ``f1_micro`` when that holds for every label.
 """
 
 from __future__ import annotations
@@ -15,7 +43,7 @@ __all__ = ["classification_metrics", "multilabel_metrics"]
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, label_names: list[str]) -> dict:
-    """Metrics for single-label classification; the lower class index wins a tie, in top-1 and top-5.
+    """Metrics for single-label classification, with the conventions in the module docstring.
 
     Args:
         logits: ``[N, C]`` scores.
@@ -84,7 +112,7 @@ def _average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float |
 
 
 def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, label_names: list[str]) -> dict:
-    """Metrics for multi-label classification; tied scores are one threshold of average precision.
+    """Metrics for multi-label classification, with the conventions in the module docstring.
 
     Args:
         logits: ``[N, C]`` scores, one sigmoid per label.

@@ -4,7 +4,9 @@ The head is timm's classifier, reset for the data's labels (:func:`hubft.create_
 class index; a multi-label target is a multi-hot row of the output's shape, so every loss over same-shaped targets
 fits it: ``bce`` (the default), ``focal`` / ``dice`` in their binary modes, and the dense losses (``mse``, ``l1``,
 ``huber``, ``smooth_l1`` as Brier-style scores of each label's probability). The best epoch is the one with the
-highest top-1 accuracy, or mean average precision for multi-label data.
+highest top-1 accuracy, or mean average precision for multi-label data. How each metric treats ties, classes absent
+from the eval targets and classes never predicted, and which scikit-learn call it equals, is listed in
+:mod:`hubft.tasks._classification_metrics`.
 """
 
 from __future__ import annotations

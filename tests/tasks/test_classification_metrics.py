@@ -220,3 +220,47 @@ def test_nothing_to_find_and_nothing_found_scores_one():
     ours = _assert_multilabel_matches_sklearn(-torch.ones(3, 2), torch.zeros(3, 2))
     assert (ours["map"], ours["f1_micro"], ours["f1_macro"]) == (0.0, 1.0, 1.0)
     assert ours["per_class_ap"] == {"class0": None, "class1": None}
+
+
+# ---------------------------------------------------------------- where scikit-learn warns
+
+
+def test_top5_is_left_out_where_sklearn_calls_it_meaningless():
+    y, logits = torch.tensor([0, 4]), torch.randn(2, 5)
+    with pytest.warns(UndefinedMetricWarning, match="meaningless"):
+        assert top_k_accuracy_score(y.numpy(), logits.numpy(), k=5, labels=np.arange(5)) == 1.0
+    assert "top5" not in _ours(classification_metrics, logits, y)
+
+
+def test_accuracy_of_a_class_absent_from_the_targets_is_none_where_sklearn_warns():
+    y, pred = np.array([0, 0, 1]), np.array([0, 2, 1])
+    with pytest.warns(UndefinedMetricWarning, match="Recall is ill-defined"):
+        assert recall_score(y, pred, labels=[0, 1, 2], average=None)[2] == 0.0
+    ours = _ours(classification_metrics, torch.eye(3)[pred], torch.from_numpy(y))
+    assert ours["per_class_accuracy"]["class2"] is None
+
+
+def test_ap_of_a_label_without_positives_is_none_where_sklearn_warns_and_scores_zero():
+    with pytest.warns(UserWarning, match="No positive class found"):
+        assert average_precision_score([0, 0, 0], [0.9, 0.1, 0.5]) == 0.0
+    logits, targets = torch.tensor([[0.9, 1.0], [0.1, -1.0], [0.5, 0.0]]), torch.tensor([[0, 1], [0, 0], [0, 0]])
+    ours = _ours(multilabel_metrics, logits, targets)
+    assert ours["per_class_ap"] == {"class0": None, "class1": 1.0} and ours["map"] == 1.0
+
+
+def test_f1_of_a_label_neither_present_nor_predicted_is_one_where_sklearn_warns():
+    pos, pred = np.array([[1, 0], [0, 0]]), np.array([[1, 0], [0, 0]])
+    with pytest.warns(UndefinedMetricWarning, match="F-score is ill-defined"):
+        assert f1_score(pos, pred, average="macro") == 0.5
+    ours = _ours(multilabel_metrics, torch.tensor([[1.0, -1.0], [-1.0, -1.0]]), torch.from_numpy(pos))
+    assert ours["f1_macro"] == 1.0
+
+
+# ---------------------------------------------------------------- import cost
+
+
+def test_the_metrics_import_torch_only_when_called():
+    code = "import sys, hubft.tasks; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]  # this checkout's hubft, not an installed one
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
