@@ -294,7 +294,7 @@ class HubftRun:
     def __call__(self) -> None:
         loop, loader = self.loop, self.loader
         # Each repetition is a fresh epoch (end_epoch would also evaluate and checkpoint, which is not training).
-        loop.state.batches_in_epoch, loop.state.epoch_loss_sum = 0, 0.0
+        loop.state.batches_in_epoch, loop.state.epoch_loss_sum, loop.state.epoch_loss_sums = 0, 0.0, None
         before = getattr(loader, "seconds", 0.0)
         with quiet():
             loop.train_epoch(self.epoch)

@@ -17,10 +17,12 @@ import gc
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Sequence
 
 from hubft.config import FinetuneConfig, config_fields, config_to_dict, load_config
 from hubft.errors import HubftError, one_line, unwrap_worker_error
+from hubft.files import make_dir
 
 __all__ = ["main", "build_parser", "parse_finetune_args", "add_config_flags"]
 
@@ -90,6 +92,8 @@ def _cmd_push(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_pull(args: argparse.Namespace, rest: list[str]) -> int:
     from hubft.hub.push import pull_from_hub
 
+    if args.output_dir is not None:
+        make_dir(args.output_dir, key="--output-dir")
     path = pull_from_hub(args.repo_id, args.output_dir, revision=args.revision)
     print(f"hubft: pulled {args.repo_id} into {path}")
     return 0
@@ -99,6 +103,8 @@ def _cmd_plot_lr(args: argparse.Namespace, rest: list[str]) -> int:
     from hubft.optim import plot_all_schedules
     from hubft.train.lr_preview import plot_config_lr
 
+    make_dir(Path(args.output).resolve().parent, key="the folder of --output",
+             fix="give --output a path in a directory you can create and write to")
     if args.all:
         plot_all_schedules(args.output)
         print(f"hubft: wrote {args.output}")
@@ -125,6 +131,7 @@ def _cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
     from hubft.hub.server import serve
 
+    make_dir(args.root, key="--root")
     serve(args.root, host=args.host, port=args.port)
     return 0
 

@@ -303,8 +303,9 @@ class TrainConfig:
     resume: Optional[str] = _f(
         None, "Resume from 'latest', a checkpoint directory, or 'hub:owner/name[@branch]' (pushed checkpoints)."
     )
-    ema: bool = _f(False, "Keep an exponential moving average of the weights.")
-    ema_decay: float = _f(0.999, "EMA decay per optimizer update.", rule=between(0, 1, closed="()"))
+    ema: bool = _f(False, "Keep an exponential moving average of the weights (timm's ModelEmaV3): the weights after "
+                   "the first update, then ema = d * ema + (1 - d) * weights after every later one.")
+    ema_decay: float = _f(0.999, "EMA decay d per optimizer update.", rule=between(0, 1, closed="()"))
     save_ema: bool = _f(False, "Save the EMA weights as the final model instead of the raw ones.")
     early_stopping_patience: Optional[int] = _f(None, "Stop after N epochs without a better eval metric.",
                                                 rule=optional(at_least(1)))
@@ -368,60 +369,83 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}", fix=f"set {key} to one of them")
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
-            return None
-        # Try the non-string alternatives first so "3" becomes an int for Union[bool, int, str], and int before
-        # bool for a number written as a string: "1" is one stage for model.freeze, not true.
-        numeric = isinstance(value, str) and value.strip().lstrip("-").isdigit()
-        for arg in sorted(args, key=lambda a: (a is str, numeric and a is bool)):
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}", fix=f"give {key} a value of that type")
+        return _coerce_union(value, tp, key)
     if tp is type(None):
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             return None
         raise ConfigError(f"{key} must be null, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    converted = _SCALARS[tp](value) if tp in _SCALARS else _NOT_CONVERTED
+    if converted is not _NOT_CONVERTED:
+        return converted
+    raise ConfigError(
+        f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})",
+        fix=f"give {key} a value of type {_type_name(tp)}",
+    )
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "~"))):
+        return None
+    # Try the non-string alternatives first so "3" becomes an int for Union[bool, int, str], and int before
+    # bool for a number written as a string: "1" is one stage for model.freeze, not true.
+    numeric = isinstance(value, str) and value.strip().lstrip("-").isdigit()
+    for arg in sorted(args, key=lambda a: (a is str, numeric and a is bool)):
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}", fix=f"give {key} a value of that type")
+
+
+_NOT_CONVERTED = object()
+
+
+def _to_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    return _NOT_CONVERTED
+
+
+def _to_number(kind: type) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or type(value) is int):
+            return kind(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return kind(value)
             except ValueError:
                 pass
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp in (list, dict):
+        return _NOT_CONVERTED
+
+    return convert
+
+
+def _to_container(kind: type) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
         if isinstance(value, str):
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError:
                 pass
-        if isinstance(value, tp):
-            return value
-    raise ConfigError(
-        f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})",
-        fix=f"give {key} a value of type {_type_name(tp)}",
-    )
+        return value if isinstance(value, kind) else _NOT_CONVERTED
+
+    return convert
+
+
+# How a value given in YAML or on the command line becomes each plain type (_NOT_CONVERTED: it cannot).
+_SCALARS: dict[type, Callable[[Any], Any]] = {
+    bool: _to_bool,
+    int: _to_number(int),
+    float: _to_number(float),
+    str: lambda v: v if isinstance(v, str) else _NOT_CONVERTED,
+    list: _to_container(list),
+    dict: _to_container(dict),
+}
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
@@ -539,6 +563,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory", fix="give --config the path of a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist", fix="check the path given to --config")
         try:

@@ -24,7 +24,8 @@ update), and per checkpoint ``checkpoint_start``, ``checkpoint_after_weights``, 
 ``checkpoint_before_manifest``, ``checkpoint_before_rename``, ``checkpoint_replacing`` (only when a checkpoint of
 the same step is rewritten: the old copy moved aside, the new one not yet renamed), ``checkpoint_after_rename``,
 ``checkpoint_after_prune``; ``epoch_end`` (after evaluation, before the epoch's checkpoint); ``before_save`` (before
-the final outputs are written). The poisonable points are ``loss`` and ``gradients``.
+the final outputs are written); in ``hubft push``, ``push_after_upload`` (the files are uploaded, the commit that
+would make them the branch's is not made yet). The poisonable points are ``loss`` and ``gradients``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fault_point", "FaultInjected", "reset_fault_counts", "fault_points_after_writes"]
+__all__ = ["fault_point", "FaultInjected", "reset_fault_counts", "fault_point_after", "fault_points_after_writes"]
 
 ACTIONS = ("kill", "sigterm", "enospc", "raise", "nan")
 
@@ -133,3 +134,28 @@ def fault_points_after_writes(module: Any, attr: str, point_for: Callable[[Path]
         yield
     finally:
         setattr(module, attr, original)
+
+
+@contextlib.contextmanager
+def fault_point_after(obj: Any, attr: str, name: str) -> Iterator[None]:
+    """While faults are planned or traced, call :func:`fault_point` ``name`` after each call of ``obj.attr``.
+
+    For a library call that does one step of several inside a larger one (huggingface_hub's LFS upload inside a
+    commit): wrapping it is the only way to reach the moment after it. Without ``HUBFT_FAULT`` or
+    ``HUBFT_FAULT_TRACE`` nothing is wrapped.
+    """
+    original = getattr(obj, attr, None)
+    if original is None or not _active():
+        yield
+        return
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        fault_point(name)
+        return result
+
+    setattr(obj, attr, call)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, original)

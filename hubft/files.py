@@ -13,7 +13,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "sha256_file"]
+from hubft.errors import ConfigError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "make_dir", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -83,6 +85,32 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def make_dir(path: str | os.PathLike, *, key: str, fix: str | None = None) -> Path:
+    """Create the directory ``path`` (and its parents) for a setting named ``key``, or say in one line why not.
+
+    Called before anything is loaded, so that a path that cannot hold outputs (under a regular file, in a read-only
+    or virtual file system such as ``/proc``) fails at once with exit code 2, not after training.
+
+    Raises:
+        ConfigError: ``path`` is a file, lies under one, cannot be created, or is not writable; naming ``key``
+            (and saying ``fix``, by default: set ``key`` to a directory you can create and write to).
+    """
+    path = Path(path)
+    fix = fix or f"set {key} to a directory you can create and write to"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key} {str(path)!r} is a file, not a directory", fix=fix)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = next((p for p in path.parents if p.exists()), None)
+        reason = f"{str(blocker)!r} is not a directory" if blocker is not None and not blocker.is_dir() \
+            else e.strerror or type(e).__name__
+        raise ConfigError(f"{key} {str(path)!r} cannot be created: {reason}", fix=fix) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {str(path)!r} is not writable", fix=fix)
+    return path
 
 
 def _fsync_file(path: str) -> None:

@@ -91,3 +91,9 @@ def repo_id(hub, request: pytest.FixtureRequest) -> str:
 def free_port():
     """A function that returns a free TCP port on 127.0.0.1 (torchrun's and accelerate launch's rendezvous)."""
     return _free_port
+
+
+@pytest.fixture(scope="session")
+def free_port_factory():
+    """:func:`free_port` for fixtures of a wider scope than one test."""
+    return _free_port

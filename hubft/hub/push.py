@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubft.errors import HubError, WeightsError, one_line
-from hubft.hub.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
-from hubft.hub.card import PLOTS, local_name, write_model_card
+from hubft.faults import fault_point_after
 from hubft.files import sha256_file
+from hubft.hub.card import PLOTS, local_name, write_model_card
 from hubft.hub.repo_id import check_repo_id
+from hubft.hub.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -147,8 +148,9 @@ def _commit(api: HfApi, staging: Path, repo_id: str, *, private: bool | None, re
             if landed is not None:
                 return landed
         head = api.repo_info(repo_id, revision=revision).sha
-        info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, revision=revision,
-                                 commit_message=message, create_pr=create_pr, parent_commit=head)
+        with fault_point_after(api, "preupload_lfs_files", "push_after_upload"):
+            info = api.upload_folder(folder_path=str(staging), repo_id=repo_id, revision=revision,
+                                     commit_message=message, create_pr=create_pr, parent_commit=head)
         return (info.pr_url if create_pr else None) or info.commit_url
 
     return call_with_retry(attempt, policy, what=f"committing to {repo_id!r}")

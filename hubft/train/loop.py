@@ -79,9 +79,11 @@ class TrainLoop:
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of the run as it is now (every process calls it)."""
         self.finite.resolve()  # never checkpoint an update that was refused on the device
-        s = self.state
-        # Part of the epoch's mean train loss, so that a resumed run logs the same epoch record.
-        s.epoch_loss_sum = float(self._loss_sum) if s.batches_in_epoch else 0.0
+        s, acc = self.state, self.parts.accelerator
+        # Part of the epoch's mean train loss, every process's own, so that a resumed run logs the same epoch record.
+        partial = self._loss_sum if s.batches_in_epoch else torch.zeros((), dtype=torch.float64, device=acc.device)
+        sums = acc.gather(partial.reshape(1)).tolist() if acc.num_processes > 1 else [float(partial)]
+        s.epoch_loss_sum, s.epoch_loss_sums = sums[0], sums
         path = save_run_checkpoint(self.parts, s)
         self._saved = (s.update, s.epoch, s.batches_in_epoch)
         return path
@@ -135,13 +137,18 @@ class TrainLoop:
         loader = p.train_loader
         if s.batches_in_epoch:
             loader = acc.skip_first_batches(p.train_loader, s.batches_in_epoch)
-        # Accelerate's loaders re-set the sampler's epoch from their own iteration counter on every __iter__:
-        # set it through the loader actually iterated, or a resumed run would replay the wrong epoch's order.
-        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else p.train_sampler.set_epoch(epoch)
+        # Accelerate's loaders re-set the sampler's epoch from their own iteration counter on every __iter__: set
+        # it through the loader actually iterated. Its set_epoch does not reach the sampler through a loader that
+        # skips the batches of a resumed epoch over process shards (SkipBatchSampler -> BatchSamplerShard), so set
+        # the sampler's too, or a resumed 2-process run would replay epoch 0's order.
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        p.train_sampler.set_epoch(epoch)
         p.model.train()
         self.finite.begin_epoch()
         seen, t0 = 0, time.perf_counter()
-        self._loss_sum = torch.tensor(s.epoch_loss_sum, device=acc.device, dtype=torch.float64)
+        own = s.epoch_loss_sums[acc.process_index] if s.epoch_loss_sums else s.epoch_loss_sum
+        self._loss_sum = torch.tensor(own, device=acc.device, dtype=torch.float64)
         bar = self._progress(epoch)
         try:
             # No read-ahead under accumulation: Accelerate ends an epoch's last accumulation from its loader's state.
@@ -293,7 +300,7 @@ class TrainLoop:
         p.accelerator.print(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  eval "
                             + "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if v is not None))
         self.last_metrics = s.last_metrics = metrics
-        s.epoch, s.batches_in_epoch, s.epoch_loss_sum = epoch + 1, 0, 0.0
+        s.epoch, s.batches_in_epoch, s.epoch_loss_sum, s.epoch_loss_sums = epoch + 1, 0, 0.0, None
         self.save_checkpoint()
         return record
 

@@ -38,6 +38,7 @@ __all__ = [
     "create_run_optimizer",
     "create_run_schedule",
     "default_num_workers",
+    "launched_processes",
     "load_run_data",
 ]
 
@@ -45,26 +46,52 @@ __all__ = [
 def create_accelerator(config: FinetuneConfig) -> Accelerator:
     """Accelerate's ``Accelerator`` for the run: devices, processes, precision, gradient accumulation, trackers.
 
+    When a launcher started several processes (torchrun, ``accelerate launch``: ``WORLD_SIZE`` > 1) on a machine
+    without an accelerator, the run trains on the CPU with gloo by itself, as ``train.cpu: true`` would: left alone,
+    Accelerate would make every process a run of its own, all writing the same output directory.
+
     Raises:
-        ConfigError: Accelerate refuses the precision or tracker (e.g. fp16 on CPU, a tracker not installed).
+        ConfigError: Accelerate refuses the precision or tracker (e.g. fp16 on CPU, a tracker not installed), or
+            sees another number of processes than the launcher started (nothing is written then).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     c = config
     _warn_single_process_cpu_launch()
+    launched = launched_processes()
+    cpu = c.train.cpu or (launched > 1 and not _has_accelerator())
     # DDP registers only parameters that require grad when it is built; a body that a freeze schedule unfreezes
     # later must be registered too, and is "unused" until then (see prepare_for_training).
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if c.model.unfreezes else []
     try:
-        return Accelerator(cpu=c.train.cpu, mixed_precision=c.train.mixed_precision,
-                           gradient_accumulation_steps=c.train.grad_accum_steps, log_with=c.train.log_with,
-                           project_dir=c.train.output_dir, kwargs_handlers=handlers)
+        accelerator = Accelerator(cpu=cpu, mixed_precision=c.train.mixed_precision,
+                                  gradient_accumulation_steps=c.train.grad_accum_steps, log_with=c.train.log_with,
+                                  project_dir=c.train.output_dir, kwargs_handlers=handlers)
     except (ValueError, ImportError) as e:
         raise ConfigError(
             f"Accelerate refused train.cpu={c.train.cpu!r}, train.mixed_precision={c.train.mixed_precision!r}, "
             f"train.log_with={c.train.log_with!r}: {one_line(e)}",
             fix="use mixed_precision 'no' on CPU, and a log_with tracker that is installed (or null)") from None
+    if launched > 1 and accelerator.num_processes != launched:
+        raise ConfigError(f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees "
+                          f"{accelerator.num_processes} on device {accelerator.device}; every process would train "
+                          "alone into the same output directory",
+                          fix="set train.cpu: true to train on the CPU, or launch one process per accelerator")
+    return accelerator
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; CUDA before that
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def launched_processes() -> int:
+    """How many processes the launcher says this run has (``WORLD_SIZE``; 1 when it is unset or unreadable)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def load_run_data(config: FinetuneConfig, dataset: Any = None) -> tuple[DataBundle, Task]:

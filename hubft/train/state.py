@@ -25,6 +25,9 @@ class TrainState:
     batches_in_epoch: int = 0
     update: int = 0
     epoch_loss_sum: float = 0.0
+    # Every process's own sum of its batch losses so far in the epoch (epoch_loss_sum is the main process's): a
+    # resumed process continues from its own, so the epoch's mean train loss comes out as uninterrupted.
+    epoch_loss_sums: list | None = None
     best_metric: float | None = None
     best_epoch: int | None = None
     epochs_without_improvement: int = 0

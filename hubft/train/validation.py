@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from hubft.config import FinetuneConfig
 from hubft.errors import ConfigError
-from hubft.tasks import Task
+from hubft.files import make_dir
+from hubft.tasks import Task, get_task
 from hubft.train.checkpoint import interrupted_run
 
 __all__ = ["check_run_config", "check_loss_fits_task", "check_no_batch_of_one"]
@@ -23,15 +24,15 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
         config: The run's config.
         has_dataset: A dataset object is given in Python, so neither ``data.name`` nor ``data.path`` is needed.
 
+    The output directory is created here (see :func:`~hubft.files.make_dir`).
+
     Raises:
-        ConfigError: The output directory is a file or holds an interrupted run, the data source is missing or
-            given twice, or a Hub repo id or checkpoint source is malformed.
+        ConfigError: The output directory cannot be created or written, or holds an interrupted run; the data
+            source is missing or given twice; or a Hub repo id or checkpoint source is malformed.
     """
     c = config
-    out = Path(c.train.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"train.output_dir {str(out)!r} is a file, not a directory",
-                          fix="set train.output_dir to a new or existing directory")
+    get_task(c.model.task)  # an unknown task is named now, not after the data is loaded
+    out = make_dir(c.train.output_dir, key="train.output_dir")
     unfinished = None if c.train.resume else interrupted_run(out)
     if unfinished is not None:
         raise ConfigError(
@@ -74,15 +75,17 @@ def check_loss_fits_task(spec: Any, task: Task) -> None:
     """
     from hubft.losses import get_loss_info, list_losses
 
-    registered = set(list_losses())
     names = [spec] if isinstance(spec, str) else [k for k in spec if isinstance(k, str)] if isinstance(spec, dict) \
         else []
-    for name in (n for n in names if n in registered):
-        kind = get_loss_info(name).target
-        if kind not in task.loss_targets:
-            usable = ", ".join(n for n in sorted(registered) if get_loss_info(n).target in task.loss_targets)
-            raise ConfigError(f"loss {name!r} compares the output with {_TARGET_WORDS[kind]}, but the target here "
-                              f"is {task.target}", fix=f"use a loss for these targets: {usable}")
+    for name in (n for n in names if ":" not in n):
+        try:
+            info = get_loss_info(name)  # any spelling the registry resolves ("MSE", "Focal")
+        except ConfigError:
+            continue  # unknown: create_loss says so, with close matches
+        if info.target not in task.loss_targets:
+            usable = ", ".join(n for n in list_losses() if get_loss_info(n).target in task.loss_targets)
+            raise ConfigError(f"loss {info.name!r} compares the output with {_TARGET_WORDS[info.target]}, but the "
+                              f"target here is {task.target}", fix=f"use a loss for these targets: {usable}")
 
 
 def check_no_batch_of_one(model: nn.Module, examples: int, batch_size: int, processes: int) -> None:

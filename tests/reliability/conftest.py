@@ -197,12 +197,58 @@ def assert_same_run(expected: Path, actual: Path) -> None:
     assert ma["history"] == mb["history"] and ma["final"] == mb["final"]
 
 
+def _report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_hubft_reliability_report_conftest", HERE / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REPORT = _report()
+
+
+def documented_rows(key: str) -> list[list[str]]:
+    """The rows of a generated table in docs/ (``"survival"`` or ``"errors"``), each a list of its cells as written."""
+    import re
+
+    start, end = REPORT.MARKERS[key]
+    text = REPORT.DOCS[key].read_text()
+    section = text[text.index(start):text.index(end)] if start in text and end in text else ""
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows[1:]]
+
+
+# Set by report.py while it regenerates the tables from a run: the run compares nothing with what it rewrites.
+REGENERATING = "HUBFT_REGENERATING_DOCS"
+
+
+def check_documented_error(case: dict) -> None:
+    """The bad-input case is in docs/errors.md as it behaves now: a changed message or exit code fails the suite
+    (regenerate the table with ``python tests/reliability/report.py``)."""
+    if os.environ.get(REGENERATING) == "1":
+        return
+    row = next((r for r in documented_rows("errors") if r[1] == f"`{case['id']}`"), None)
+    assert row is not None, f"{case['id']} is not in docs/errors.md: run python tests/reliability/report.py"
+    assert row[4] == REPORT._cell(case["message"]), \
+        f"docs/errors.md shows another message for {case['id']}: run python tests/reliability/report.py"
+    assert row[3].split()[0] == str(case["exit"]), f"docs/errors.md shows another exit code for {case['id']}"
+
+
 @pytest.fixture
-def survival(record_property):
-    """``survival(fault, holds)``: a row of the "What hubft survives" table in docs/reliability.md (see report.py)."""
+def survival(record_property, request):
+    """``survival(fault, holds)``: a row of the "What hubft survives" table in docs/reliability.md (see report.py),
+    which must already show it as written here: a changed or new row fails until the table is regenerated."""
 
     def record(fault: str, holds: str) -> None:
         record_property("survival", json.dumps({"fault": fault, "holds": holds}))
+        if os.environ.get(REGENERATING) == "1":
+            return
+        test = request.node.nodeid.removeprefix("tests/reliability/")
+        wanted = [REPORT._cell(fault), REPORT._cell(holds), f"`{REPORT._cell(test)}`"]
+        rows = [[r[0], r[1], r[3]] for r in documented_rows("survival")]
+        assert wanted in rows, f"docs/reliability.md lacks this row of {test}: run python tests/reliability/report.py"
 
     return record
 
@@ -213,4 +259,5 @@ def rel():
     from types import SimpleNamespace
 
     return SimpleNamespace(BASE=BASE, UPDATES=UPDATES, HUBFT_BIN=HUBFT_BIN, sha256=sha256, log_records=log_records,
-                           assert_same_run=assert_same_run, console=run_console_script, run_env=run_env)
+                           assert_same_run=assert_same_run, console=run_console_script, run_env=run_env,
+                           check_documented_error=check_documented_error)

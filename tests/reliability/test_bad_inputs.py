@@ -140,6 +140,24 @@ CASES = {
                                              "model.safetensors' is corrupt", setup=_flip_newest_weights),
     "new-run-over-an-interrupted-one": Case("a new run (no resume) where an interrupted run left checkpoints",
                                             [], "holds an interrupted run", setup=_drop("metrics.json")),
+    # -- paths that cannot hold what is asked of them
+    "output-dir-under-a-file": Case("train.output_dir under a regular file", ["--train.output_dir", "<a_file>/sub"],
+                                    "is not a directory"),
+    "output-dir-under-dev-null": Case("train.output_dir under a device file", ["--train.output_dir", "/dev/null/x"],
+                                      "'/dev/null' is not a directory"),
+    "output-dir-in-proc": Case("train.output_dir in a virtual file system", ["--train.output_dir", "/proc/hubft-run"],
+                               "cannot be created"),
+    "config-is-a-directory": Case("--config names a directory", ["--config", "<empty>"], "is a directory"),
+    "data-path-under-a-file": Case("data.path under a regular file", ["--data.path", "<a_file>/images"],
+                                   "not found"),
+    "resume-under-a-file": Case("train.resume under a regular file", ["--train.resume", "<a_file>/step-1"],
+                                "is not a checkpoint directory"),
+    "pull-under-a-file": Case("`hubft pull -o` under a regular file", ["alice/model", "-o", "<a_file>/model"],
+                              "is not a directory", command="pull"),
+    "plot-under-a-file": Case("`hubft plot-lr -o` under a regular file", ["-o", "<a_file>/lr.png"],
+                              "is a file, not a directory", command="plot-lr"),
+    "hub-root-under-a-file": Case("`hubft hub serve --root` under a regular file",
+                                  ["serve", "--root", "<a_file>/hub"], "is not a directory", command="hub"),
 }
 
 
@@ -204,7 +222,7 @@ def _digest(root: Path) -> dict:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gives_one_line_cause_and_fix(case, tmp_path, make_config, finished_run, inputs, capsys,
-                                                record_property):
+                                                record_property, rel):
     c = CASES[case]
     run = tmp_path / "run"
     _copy_run(finished_run, run)
@@ -234,9 +252,10 @@ def test_bad_input_gives_one_line_cause_and_fix(case, tmp_path, make_config, fin
     for key, value in sorted(names.items(), key=lambda kv: -len(kv[1])):
         message = message.replace(value, f"<{key}>")
     example = " ".join(["hubft", c.command] + ([] if own_config else ["--config", "<config>"]) + c.argv)
-    record_property("error_case", json.dumps({
-        "id": case, "wrong": c.wrong, "example": example,
-        "exit": code, "message": message.replace(str(tmp_path), "<tmp>"), "untouched": c.untouched}))
+    record = {"id": case, "wrong": c.wrong, "example": example, "exit": code,
+              "message": message.replace(str(tmp_path), "<tmp>"), "untouched": c.untouched}
+    record_property("error_case", json.dumps(record))
+    rel.check_documented_error(record)
 
 
 def test_debug_shows_the_traceback(tmp_path, make_config, capsys):

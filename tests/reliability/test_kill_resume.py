@@ -42,7 +42,15 @@ KILLS = {
     "early-next-epoch-2-workers": (
         ["after_backward@11"], [5], {"data": {"num_workers": 2}},
         "kill -9 in epoch 1 before its first checkpoint, with 2 data-loader workers"),
+    "between-evaluation-and-epoch-checkpoint": (
+        ["epoch_end@1"], [4], {},
+        "kill -9 after epoch 0 is evaluated and logged, before its checkpoint (`epoch_end`)"),
+    "before-the-final-outputs": (
+        ["before_save@1"], [10], {},
+        "kill -9 once training ended, before the final model and outputs are written (`before_save`)"),
 }
+# What only a finished run writes: none of it may exist after a kill.
+FINAL_OUTPUTS = ("model.safetensors", "config.json", "metrics.json", "README.md", "loss_curve.png")
 
 
 def _resumed_from(output: str) -> int:
@@ -87,6 +95,7 @@ def test_kill_then_resume_is_bit_identical(case, tmp_path, make_config, hubft_cl
     extra = _overrides(overrides)
     first = hubft_cli("finetune", "--config", config, *extra, fault=faults[0])
     assert first.returncode == -signal.SIGKILL, first.output[-3000:]
+    assert [name for name in FINAL_OUTPUTS if (tmp_path / "run" / name).exists()] == []
     for fault, step in zip(faults[1:] + [None], resumed_steps):
         result = hubft_cli("finetune", "--config", config, *extra, "--train.resume", "latest", fault=fault)
         assert _resumed_from(result.output) == step
@@ -203,3 +212,48 @@ def test_sigterm_at_an_epoch_end_then_kill_while_that_step_is_rewritten(tmp_path
     assert "recovered checkpoint step-00000005" in result.output
     assert _resumed_from(result.output) == 5
     rel.assert_same_run(reference, tmp_path / "run")
+
+
+def test_a_push_killed_mid_upload_changes_nothing_and_a_later_push_completes(finished_run, hub, api, repo_id,
+                                                                            tmp_path, rel, survival):
+    import shutil
+
+    from hubft.hub import UPLOAD_ALLOWLIST
+
+    survival("kill -9 of `hubft push` after its files are uploaded and before the commit (`push_after_upload`)",
+             "the run directory is unchanged and the repo holds no commit of it; a later `hubft push` makes exactly "
+             "one commit with the run's files")
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    # The console script itself: huggingface_hub reads HF_TOKEN when it is imported, which the zygote did already.
+    env = {"HF_TOKEN": hub.token, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "0"}
+    killed = rel.console("push", str(run), repo_id, HUBFT_FAULT="push_after_upload@1", **env)
+    assert killed.returncode == -signal.SIGKILL, killed.output[-3000:]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert "model.safetensors" not in api.list_repo_files(repo_id)
+    commits = len(api.list_repo_commits(repo_id))
+
+    pushed = rel.console("push", str(run), repo_id, **env)
+    assert pushed.returncode == 0, pushed.output[-3000:]
+    assert len(api.list_repo_commits(repo_id)) == commits + 1
+    files = set(api.list_repo_files(repo_id)) - {".gitattributes"}
+    assert files == {name for name in UPLOAD_ALLOWLIST if (run / name).is_file()}
+    downloaded = api.hf_hub_download(repo_id, "model.safetensors", local_dir=tmp_path / "pulled")
+    assert Path(downloaded).read_bytes() == before["model.safetensors"]
+
+
+def test_ctrl_c_exits_130_and_an_internal_error_exits_1_through_the_console_script(tmp_path, make_config, rel):
+    proc, seen = _console_until_step(rel, make_config(tmp_path / "interrupted"), 2)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output[-3000:]
+    assert "hubft: interrupted" in output and "Traceback" not in output
+
+    crashed = rel.console("finetune", "--config", make_config(tmp_path / "crashed"),
+                          HUBFT_FAULT="after_optimizer_step@1:raise")
+    assert crashed.returncode == 1, crashed.output[-3000:]
+    lines = [line for line in crashed.output.splitlines() if line.startswith("hubft: internal error:")]
+    assert len(lines) == 1 and "FaultInjected" in lines[0] and "--debug" in lines[0]
+    assert "Traceback" not in crashed.output
