@@ -10,8 +10,10 @@ hubft derives for it from the run length. Naming rules:
   fine-tune, e.g. ``"linear"`` decays from the LR to 0 over the run, ``"constant"`` / ``"none"`` keep it.
 
 Derived defaults count in the schedule's interval: updates for ``interval="step"``, epochs for
-``interval="epoch"``. The run length is ``total_updates - warmup_steps`` updates, i.e.
-``ceil((total_updates - warmup_steps) / updates_per_epoch)`` epochs. Absolute LRs that hubft derives
+``interval="epoch"``. The run length is ``total_updates - warmup_steps`` updates, or in epochs the number of epochs
+that begin after warmup, ``ceil(total_updates / updates_per_epoch) - ceil(warmup_steps / updates_per_epoch)``:
+the epochs at whose ends a per-epoch schedule steps (the rest of the epoch in which warmup ends belongs to the
+first of them, see :class:`~hubft.optim.Schedule`). Absolute LRs that hubft derives
 (``max_lr`` of OneCycleLR, ``base_lr`` / ``max_lr`` of CyclicLR) are per-group lists, so group ratios survive;
 a single number given by the caller applies to every group, exactly as in torch.
 """
@@ -59,7 +61,8 @@ class ScheduleContext:
 
     @property
     def length(self) -> int:
-        """Length of the main schedule (after warmup) in the interval's unit, at least 1.
+        """Length of the main schedule (after warmup) in the interval's unit, at least 1: updates after warmup, or
+        epochs that begin after warmup.
 
         Raises:
             LengthUnknown: ``total_updates`` (or, for epochs, ``updates_per_epoch``) was not given.
@@ -67,12 +70,15 @@ class ScheduleContext:
         if self.total_updates is None:
             raise LengthUnknown("total_updates")
         # A warmup longer than a smoke-test run just means the run ends inside the warmup.
-        updates = max(1, self.total_updates - self.warmup_steps)
         if self.interval == "step":
-            return updates
+            return max(1, self.total_updates - self.warmup_steps)
         if self.updates_per_epoch is None:
             raise LengthUnknown("updates_per_epoch")
-        return max(1, math.ceil(updates / self.updates_per_epoch))
+        # Epochs that begin after warmup: a per-epoch schedule steps at the end of each of them and no other, so
+        # the rest of the epoch in which warmup ends is no epoch of its own (counting it would leave e.g.
+        # "exponential" short of 1% at the end of the run).
+        epochs, warmup_epochs = (math.ceil(n / self.updates_per_epoch) for n in (self.total_updates, self.warmup_steps))
+        return max(1, epochs - warmup_epochs)
 
 
 Default = Callable[[ScheduleContext], Any]

@@ -5,6 +5,7 @@ import pytest
 import timm
 import torch
 from timm.models import group_parameters
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from hubft.errors import ConfigError
@@ -16,6 +17,7 @@ ARCHS = {
     "mobilenetv3_small_050": {},
     "convnext_atto": {},
     "efficientnet_b0": {},
+    "test_convnext": {},
 }
 SETTINGS = [
     {},
@@ -81,6 +83,51 @@ def test_partition_lrs_and_decay(arch, settings):
     else:
         assert {g["name"] for g in body} <= {"body.decay", "body.no_decay"}
         assert all(g["lr"] == lr for g in body)
+
+
+def _per_parameter(groups: list[dict], key: str) -> dict[int, float]:
+    """``id(param) -> group[key]`` for every parameter of every group."""
+    return {id(p): g[key] for g in groups for p in g["params"]}
+
+
+# A CNN, a ViT and a ConvNeXt: three of timm's group_matcher() shapes (stem regex, blocks with the final norm folded
+# into the last block, stages with downsample layers and a norm inside the head module).
+@pytest.mark.parametrize("settings", [
+    {"layer_decay": 0.7},
+    {"layer_decay": 0.8, "head_lr": 5e-3, "weight_decay": 0.1},
+    {"head_lr": 1e-2},
+], ids=lambda s: ",".join(s))
+@pytest.mark.parametrize("arch", ["resnet10t", "test_vit", "test_convnext"])
+def test_every_parameter_gets_the_lr_and_decay_timm_assigns_it(arch, settings):
+    model = _model(arch)
+    lr, wd, decay = 1e-3, settings.get("weight_decay", 0.05), settings.get("layer_decay")
+    head_lr = settings.get("head_lr", lr)
+    groups = param_groups(model, lr=lr, **settings)
+    got_lr, got_wd = _per_parameter(groups, "lr"), _per_parameter(groups, "weight_decay")
+
+    # The oracle is timm alone: its layer ids, its classifier module, its weight-decay split and its LR scales.
+    layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    top = max(layer_of.values())
+    head = {id(p) for p in model.get_classifier().parameters()}
+    exempt = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    timm_wd = _per_parameter(param_groups_weight_decay(model, wd, no_weight_decay_list=exempt), "weight_decay")
+    timm_scale = _per_parameter(
+        param_groups_layer_decay(model, wd, no_weight_decay_list=exempt, layer_decay=decay or 1.0), "lr_scale")
+
+    named = list(model.named_parameters())
+    assert len(got_lr) == len(named) and head and len(set(layer_of.values())) > 3
+    assert {got_wd[id(p)] for _, p in named} == {0.0, wd}  # both kinds occur, so the split is really checked
+    for name, p in named:
+        if id(p) in head:
+            assert got_lr[id(p)] == head_lr, name
+        elif decay is not None:
+            assert got_lr[id(p)] == lr * decay ** (top - layer_of[name]), name
+            assert got_lr[id(p)] == lr * timm_scale[id(p)], name
+        else:
+            assert got_lr[id(p)] == lr, name
+        assert got_wd[id(p)] == timm_wd[id(p)], name
+    if decay is not None:  # the decay really reaches down: the stem trains slower than the top of the body
+        assert min(got_lr.values()) == lr * decay**top
 
 
 @pytest.mark.parametrize("arch", ["resnet10t", "test_vit"])

@@ -1,5 +1,6 @@
 import io
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -308,3 +309,144 @@ def test_ratio_check_would_catch_a_torch_scalar_max_lr():
     sched = create_scheduler(_optimizer(), "OneCycleLR", max_lr=0.01, total_updates=TOTAL)
     peak = max(_run(sched, range(TOTAL)), key=lambda lrs: lrs[0])
     assert peak == pytest.approx([0.01] * 3) and not math.isclose(peak[1] / peak[0], BASE_LRS[1] / BASE_LRS[0])
+
+
+# -- aliases against torch, with the lengths a run derives ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """A run's length as a config gives it: epochs of ``per_epoch`` updates, an optional cap, a warmup."""
+
+    epochs: int
+    per_epoch: int
+    max_updates: int | None = None
+    warmup: int = 0
+
+    @property
+    def total(self) -> int:
+        return min(self.epochs * self.per_epoch, self.max_updates or math.inf)
+
+    @property
+    def main_updates(self) -> int:
+        """Updates after warmup: the length of a per-update schedule."""
+        return self.total - self.warmup
+
+    @property
+    def main_epochs(self) -> int:
+        """Epochs that begin after warmup (and before the cap): each ends with one step of a per-epoch schedule,
+        the last at the end of the run."""
+        return sum(1 for e in range(self.epochs) if self.warmup <= e * self.per_epoch < self.total)
+
+    def __str__(self) -> str:
+        cap = f"-cap{self.max_updates}" if self.max_updates else ""
+        return f"{self.epochs}x{self.per_epoch}{cap}-warmup{self.warmup}"
+
+
+RUN_LENGTHS = [
+    RunLength(3, 7),
+    RunLength(3, 7, warmup=4),  # warmup ends mid-epoch
+    RunLength(3, 7, max_updates=16),  # the cap ends the run mid-epoch
+    RunLength(3, 7, max_updates=16, warmup=7),
+    RunLength(5, 4),
+    RunLength(6, 5, warmup=3),
+    RunLength(16, 2),  # long enough in epochs for plateau's default patience to act
+    RunLength(16, 2, max_updates=27, warmup=3),
+]
+WARMUP_START = 0.05
+
+
+def _run_metric(epoch: int) -> float:
+    """An accuracy that improves once, then stalls for good."""
+    return 0.5 + 0.1 * min(epoch, 1)
+
+
+# What each alias stands for, written out from its description (list_schedulers() / the alias table): the torch
+# class and its arguments, given the run's length after warmup in updates (u) and epochs (e), and the groups' LRs.
+ALIAS_TWINS = {
+    # "half cosine from the LR to 0 over the run"
+    "cosine": ("step", lambda opt, u, e, lrs: tls.CosineAnnealingLR(opt, T_max=u)),
+    # "linear from the LR to 0 over the run"
+    "linear": ("step", lambda opt, u, e, lrs: tls.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=u)),
+    # "polynomial (power 1) decay to 0 over the run"
+    "poly": ("step", lambda opt, u, e, lrs: tls.PolynomialLR(opt, total_iters=u, power=1.0)),
+    # "x0.1 three times over the run (epochs)": a drop every whole third of the run, at least every epoch
+    "step": ("epoch", lambda opt, u, e, lrs: tls.StepLR(opt, step_size=max(1, e // 3), gamma=0.1)),
+    # "x0.1 at 1/2 and 3/4 of the run (epochs)", at the epoch boundaries at or before those points
+    "multistep": ("epoch", lambda opt, u, e, lrs: tls.MultiStepLR(
+        opt, milestones=sorted({max(1, e // 2), max(1, 3 * e // 4)}), gamma=0.1)),
+    # "exponential decay to 1% over the run (epochs)"
+    "exponential": ("epoch", lambda opt, u, e, lrs: tls.ExponentialLR(opt, gamma=0.01 ** (1 / e))),
+    # "x0.1 when the validation metric stalls for 10 epochs", fed accuracy (greater is better)
+    "plateau": ("epoch", lambda opt, u, e, lrs: tls.ReduceLROnPlateau(opt, mode="max", factor=0.1, patience=10)),
+    # "one cycle peaking at each group's LR"
+    "onecycle": ("step", lambda opt, u, e, lrs: tls.OneCycleLR(opt, max_lr=lrs, total_steps=u)),
+    # "4 triangles between LR/10 and the LR" (whole updates per half-triangle, at least one)
+    "cyclic": ("step", lambda opt, u, e, lrs: tls.CyclicLR(
+        opt, base_lr=[lr / 10 for lr in lrs], max_lr=lrs, step_size_up=max(1, u // 8))),
+    # "cosine with 4 warm restarts" (whole updates per cycle, at least one)
+    "cosine_restarts": ("step", lambda opt, u, e, lrs: tls.CosineAnnealingWarmRestarts(opt, T_0=max(1, u // 4))),
+    # "the LR stays constant"; "none": the same, warmup still applies
+    "constant": ("step", lambda opt, u, e, lrs: tls.ConstantLR(opt, factor=1.0, total_iters=0)),
+    "none": ("step", lambda opt, u, e, lrs: tls.ConstantLR(opt, factor=1.0, total_iters=0)),
+}
+ALIASES = [name for name in list_schedulers() if name.islower()]
+
+
+def test_every_alias_has_a_torch_twin_written_out():
+    assert sorted(ALIAS_TWINS) == sorted(ALIASES)
+
+
+def _hubft_run_lrs(name: str, run: RunLength) -> list[list[float]]:
+    """The LRs of every update of a run configured with schedule ``name``, stepped as the training loop does."""
+    from hubft import config_from_dict, get_task
+    from hubft.train.setup import create_run_schedule
+
+    config = config_from_dict({
+        "schedule": {"name": name, "warmup_steps": run.warmup, "warmup_start_factor": WARMUP_START},
+        "train": {"epochs": run.epochs, "max_updates": run.max_updates},
+    })
+    opt = _optimizer()
+    sched, total = create_run_schedule(config, get_task("image-classification"), opt, run.per_epoch)
+    assert total == run.total
+    seen = []
+    for u in range(total):
+        seen.append(_lrs(opt))
+        sched.step_update(u + 1)
+        if (u + 1) % run.per_epoch == 0 or u + 1 == total:  # an epoch ends (or the capped run does)
+            epoch = u // run.per_epoch
+            sched.step_epoch(epoch, metric=_run_metric(epoch))
+    return seen
+
+
+def _torch_run_lrs(name: str, run: RunLength) -> list[list[float]]:
+    """The same run by hand: linear warmup to where the torch scheduler starts, then the scheduler, stepped after
+    every update past warmup (per-update) or at the end of every epoch that began after warmup (per-epoch)."""
+    interval, build = ALIAS_TWINS[name]
+    opt = _optimizer()
+    main = build(opt, run.main_updates, run.main_epochs, list(BASE_LRS))
+    start = main.get_last_lr()
+    seen = []
+    for u in range(run.total):
+        if u < run.warmup:
+            factor = WARMUP_START + (1 - WARMUP_START) * u / run.warmup
+            seen.append([lr * factor for lr in start])
+        else:
+            seen.append(_lrs(opt))
+        if interval == "step" and u >= run.warmup:
+            main.step()
+        epoch = u // run.per_epoch
+        if interval == "epoch" and ((u + 1) % run.per_epoch == 0 or u + 1 == run.total) \
+                and epoch * run.per_epoch >= run.warmup:
+            main.step(_run_metric(epoch)) if name == "plateau" else main.step()
+    return seen
+
+
+@pytest.mark.parametrize("run", RUN_LENGTHS, ids=str)
+@pytest.mark.parametrize("name", ALIASES)
+def test_alias_is_its_torch_scheduler_over_the_run_length(name, run):
+    ours, theirs = _hubft_run_lrs(name, run), _torch_run_lrs(name, run)
+    assert len(ours) == run.total
+    assert ours == theirs
+    if run == RunLength(16, 2) and name not in ("constant", "none"):
+        assert len({tuple(lrs) for lrs in ours}) > 1  # the comparison is not between two constants

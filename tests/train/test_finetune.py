@@ -141,14 +141,33 @@ def test_every_schedule_is_usable_from_yaml(tmp_path, schedule):
     assert all(b == pytest.approx(h * cfg.optim.lr / 0.01) for h, b in zip(head, body))
 
 
-@pytest.mark.slow
-def test_plateau_schedule_steps_on_the_eval_metric(tmp_path, tiny_dataset, make_config):
+def test_plateau_schedule_halves_the_lr_after_the_eval_metric_stalls(tmp_path, tiny_dataset, make_config,
+                                                                    monkeypatch):
+    from hubft.train.loop import TrainLoop
+
+    # The eval accuracy is scripted (on top of a real evaluation) so that the run knows when it stalls: it rises in
+    # epoch 1 and stalls in epoch 2. With patience 0, the LR must halve after epoch 2 and only then. The mode is
+    # left to the run: accuracy is better when greater, and torch's default "min" would cut the LR after epoch 1.
+    # A frozen body (a linear probe) keeps the run to a few seconds.
+    accuracy = {0: 0.25, 1: 0.5, 2: 0.5, 3: 0.5}
+    evaluate = TrainLoop.evaluate
+    monkeypatch.setattr(TrainLoop, "evaluate",
+                        lambda loop, model: evaluate(loop, model) | {"accuracy": accuracy[loop.state.epoch]})
     cfg = make_config(tmp_path / "run", schedule={"name": "plateau", "warmup_steps": 0,
-                                                  "options": {"patience": 0, "factor": 0.5, "mode": "max"}},
-                      train={"epochs": 3, "max_updates": 3, "batch_size": 12})
+                                                  "options": {"patience": 0, "factor": 0.5}},
+                      model={"name": "resnet10t", "pretrained": False, "freeze": True},
+                      train={"epochs": 4, "batch_size": 18})
     hubft.finetune(cfg, dataset=tiny_dataset)
-    lrs = [r["lr"] for r in _steps(tmp_path / "run")]
-    assert lrs[0]["head.no_decay"] == pytest.approx(0.01)
+
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["eval"]["accuracy"] for r in log if r["type"] == "epoch"] == [0.25, 0.5, 0.5, 0.5]
+    # A step record holds the LRs after its update: those of the epoch's next update.
+    lrs = {epoch: [r["lr"] for r in log if r["type"] == "step" and r["epoch"] == epoch] for epoch in accuracy}
+    assert [len(v) for v in lrs.values()] == [2, 2, 2, 2]  # 36 training images in batches of 18
+    first = lrs[0][0]
+    assert first == {"head.no_decay": 0.01}  # the body is frozen; weight_decay 0
+    assert all(r == first for epoch in (0, 1, 2) for r in lrs[epoch])  # no drop while the metric rose
+    assert all(r == {name: lr * 0.5 for name, lr in first.items()} for r in lrs[3])  # halved once it stalled
 
 
 @pytest.mark.slow
