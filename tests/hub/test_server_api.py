@@ -251,6 +251,26 @@ def test_short_commit_shas_resolve_like_on_the_hub(hub, api, repo_id):
     assert api.model_info(repo_id, revision=first[:7]).sha != first
 
 
+def test_a_private_or_missing_repo_is_401_to_anonymous_callers_and_404_to_others(hub, api, repo_id):
+    api.create_repo(repo_id, private=True)
+    stranger = hub.add_token("someone-else", role="read")
+    for path in (f"/api/models/{repo_id}", f"/{repo_id}/resolve/main/.gitattributes",
+                 f"/api/models/{repo_id}-missing", f"/{repo_id}-missing/resolve/main/.gitattributes"):
+        request = urllib.request.Request(f"{hub.endpoint}{path}")
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(request)
+        assert (anonymous.value.code, anonymous.value.headers["X-Error-Code"]) == (401, "RepoNotFound"), path
+        request.add_header("authorization", f"Bearer {stranger}")
+        with pytest.raises(urllib.error.HTTPError) as with_token:
+            urllib.request.urlopen(request)
+        assert (with_token.value.code, with_token.value.headers["X-Error-Code"]) == (404, "RepoNotFound"), path
+    # Both statuses map to the client's typed error, with and without a token.
+    for token in (False, stranger):
+        with pytest.raises(RepositoryNotFoundError):
+            hf_hub_download(repo_id, ".gitattributes", token=token)
+        assert not HfApi(token=token).repo_exists(repo_id)
+
+
 def test_a_short_sha_that_several_commits_start_with_names_none(tmp_path):
     from hubft.hub.server._errors import ApiError
     from hubft.hub.server._storage import Storage
