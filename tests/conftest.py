@@ -91,3 +91,33 @@ def repo_id(hub, request: pytest.FixtureRequest) -> str:
 def free_port():
     """A function that returns a free TCP port on 127.0.0.1 (torchrun's and accelerate launch's rendezvous)."""
     return _free_port
+
+
+class _BackoffClock:
+    """Stands in for the ``time`` module inside huggingface_hub's HTTP layer: ``sleep`` records the pause instead."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    def __getattr__(self, name: str):
+        import time
+
+        return getattr(time, name)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch) -> _BackoffClock:
+    """Skip huggingface_hub's pauses between retries, and record them.
+
+    Against a hub that is down the client retries each download 5 times with 1-8 s pauses (about 23 s) before
+    giving up; the requests and the outcome are the same without the pauses. Only the client's backoff is touched,
+    not the hub or anything the test waits on. ``pauses`` shows that retries happened.
+    """
+    import huggingface_hub.utils._http as http
+
+    clock = _BackoffClock()
+    monkeypatch.setattr(http, "time", clock)
+    return clock
