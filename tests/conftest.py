@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 import uuid
 
 
@@ -93,6 +94,22 @@ def free_port():
     return _free_port
 
 
+@pytest.fixture
+def send_hf_token(monkeypatch):
+    """``send_hf_token(token)``: let huggingface_hub send ``token`` (as HF_TOKEN) on calls that pass none.
+
+    For code under test that takes no token (``create_model``, ``load_data``): the suite blanks HF_TOKEN and turns
+    implicit tokens off so that nothing is sent by accident, and this undoes both for one test.
+    """
+    from huggingface_hub import constants
+
+    def send(token: str) -> None:
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+        monkeypatch.setenv("HF_TOKEN", token)
+
+    return send
+
+
 class _BackoffClock:
     """Stands in for the ``time`` module inside huggingface_hub's HTTP layer: ``sleep`` records the pause instead."""
 
@@ -103,8 +120,6 @@ class _BackoffClock:
         self.pauses.append(seconds)
 
     def __getattr__(self, name: str):
-        import time
-
         return getattr(time, name)
 
 

@@ -299,7 +299,7 @@ def test_hub_load_warns_when_the_cache_answers_instead(hub, api, repo_id, synthe
     ],
 )
 def test_hub_errors_are_hubft_errors(hub, api, repo_id, synthetic, hub_flags, monkeypatch, tmp_path, no_backoff,
-                                     case, answered, expected, words, cause):
+                                     send_hf_token, case, answered, expected, words, cause):
     revision = "nope" if case == "missing revision" else None
     if case in ("missing revision", "private dataset, no token", "repo deleted, still in the hub cache"):
         _push(_digits(synthetic), repo_id, hub.token, private=case == "private dataset, no token")
@@ -307,9 +307,8 @@ def test_hub_errors_are_hubft_errors(hub, api, repo_id, synthetic, hub_flags, mo
         load_data(name=repo_id)
         api.delete_repo(repo_id, repo_type="dataset")
         monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "fresh-datasets-cache"))
-    if case == "invalid token":  # load_data passes no token: datasets sends HF_TOKEN, kept from it elsewhere
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-        monkeypatch.setenv("HF_TOKEN", "hf_not_a_token_of_this_hub")
+    if case == "invalid token":
+        send_hf_token("hf_not_a_token_of_this_hub")
     if case == "hub down":
         hub.down()
     hub.requests.clear()

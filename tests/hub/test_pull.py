@@ -90,11 +90,10 @@ def test_fine_tuning_can_start_from_a_repo_timm_pushed(hub, repo_id):
     assert all(torch.equal(new.state_dict()[k], v) for k, v in body.items())
 
 
-def test_from_pretrained_takes_a_bare_repo_id(hub, repo_id, tmp_path, monkeypatch):
+def test_from_pretrained_takes_a_bare_repo_id(hub, repo_id, tmp_path, monkeypatch, send_hf_token):
     model, saved = _saved(tmp_path, "m", ["a", "b"])
     hubft.push_to_hub(saved, repo_id, token=hub.token)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-    monkeypatch.setenv("HF_TOKEN", hub.token)
+    send_hf_token(hub.token)
     for source in (repo_id, f"hf-hub:{repo_id}"):
         pulled = hubft.from_pretrained(source)
         _assert_is_the_pushed_model(pulled, model)

@@ -147,15 +147,14 @@ def test_hub_repo_with_only_pickle_weights_is_refused(hub, api, repo_id, tmp_pat
     ("no revision", 404, "revision 'nope' does not exist"),
     ("invalid token", 401, "answered HTTP 401"),
 ])
-def test_hub_lookup_errors(hub, api, pets, repo_id, tmp_path, monkeypatch, case, status, text):
+def test_hub_lookup_errors(hub, api, pets, repo_id, tmp_path, send_hf_token, case, status, text):
     source = {"no revision": f"hf-hub:{pets.repo_id}@nope"}.get(case, f"hf-hub:{repo_id}")
     if case == "private repo, anonymous":
         api.create_repo(repo_id, private=True)
         api.upload_folder(repo_id=repo_id, folder_path=hubft.save_pretrained(pets.model["main"], tmp_path / "m"))
     token = {"no repo, with a token": hub.token, "invalid token": "hf_not_a_token_of_this_hub"}.get(case)
-    if token:  # hubft passes no token: the client sends HF_TOKEN, which the suite otherwise keeps from it
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-        monkeypatch.setenv("HF_TOKEN", token)
+    if token:
+        send_hf_token(token)
     hub.requests.clear()
 
     with pytest.raises(HubError) as info:
@@ -163,8 +162,7 @@ def test_hub_lookup_errors(hub, api, pets, repo_id, tmp_path, monkeypatch, case,
     assert text in str(info.value) and "Fix: " in str(info.value)
     assert _statuses(hub) == {status}  # the answer that took this path, and nothing else was asked
     if case == "private repo, anonymous":  # the owner's token reads it: the 401 was about who asked
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-        monkeypatch.setenv("HF_TOKEN", hub.token)
+        send_hf_token(hub.token)
         _assert_same_weights(create_model(source, cache_dir=tmp_path / "cache"), pets.model["main"])
 
 
