@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 import uuid
 
 
@@ -97,3 +98,47 @@ def free_port():
 def free_port_factory():
     """:func:`free_port` for fixtures of a wider scope than one test."""
     return _free_port
+
+
+@pytest.fixture
+def send_hf_token(monkeypatch):
+    """``send_hf_token(token)``: let huggingface_hub send ``token`` (as HF_TOKEN) on calls that pass none.
+
+    For code under test that takes no token (``create_model``, ``load_data``): the suite blanks HF_TOKEN and turns
+    implicit tokens off so that nothing is sent by accident, and this undoes both for one test.
+    """
+    from huggingface_hub import constants
+
+    def send(token: str) -> None:
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+        monkeypatch.setenv("HF_TOKEN", token)
+
+    return send
+
+
+class _BackoffClock:
+    """Stands in for the ``time`` module inside huggingface_hub's HTTP layer: ``sleep`` records the pause instead."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch) -> _BackoffClock:
+    """Skip huggingface_hub's pauses between retries, and record them.
+
+    Against a hub that is down the client retries each download 5 times with 1-8 s pauses (about 23 s) before
+    giving up; the requests and the outcome are the same without the pauses. Only the client's backoff is touched,
+    not the hub or anything the test waits on. ``pauses`` shows that retries happened.
+    """
+    import huggingface_hub.utils._http as http
+
+    clock = _BackoffClock()
+    monkeypatch.setattr(http, "time", clock)
+    return clock

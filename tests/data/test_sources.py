@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import sys
+import uuid
 import warnings
 from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote
 
 import datasets
-import httpx2
+import huggingface_hub
 import pytest
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from PIL import Image
 
@@ -176,75 +181,144 @@ def test_eval_split_by_name_and_train_split_override(synthetic):
     assert carved.source.eval_split is None and len(carved.eval) == 6
 
 
-class _FakeHub:
-    """Stands in for datasets.load_dataset: records the call, checks the extra hosts are off, returns a dataset
-    read from an Arrow cache folder named after a commit, as datasets lays out Hub data."""
+# Hub datasets: the real datasets client against the session's local Hub (tests/conftest.py). Each test reads its
+# own repo, so nothing in the datasets or Hub caches was put there by another test unless the test says so.
 
-    sha = "0123456789abcdef0123456789abcdef01234567"
+_connections: list | None = None  # while a list, every host this process resolves or connects to is appended
 
-    def __init__(self, root: Path, synthetic: datasets.Dataset):
-        self.calls = []
-        folder = root / "alice___digits" / "default" / "0.0.0" / self.sha
-        datasets.DatasetDict({"train": synthetic, "validation": synthetic.select(range(0, 30, 5))}).save_to_disk(folder)
-        self.loaded = datasets.load_from_disk(folder)
 
-    def __call__(self, path, **kwargs):
-        self.calls.append((path, kwargs))
-        assert datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is False and datasets.config.USE_PARQUET_EXPORT is False
-        return self.loaded
+def _record_connections(event: str, args: tuple) -> None:
+    if _connections is not None:
+        if event == "socket.getaddrinfo":
+            _connections.append(args[0])
+        elif event == "socket.connect" and isinstance(args[1], tuple):
+            _connections.append(args[1][0])
+
+
+sys.addaudithook(_record_connections)  # audit hooks cannot be removed: it records only while a test arms it
+
+
+@pytest.fixture
+def hosts_contacted():
+    """The hosts this process resolves or connects to during the test (the local Hub is 127.0.0.1).
+
+    huggingface_hub's pooled connections are closed first, so that even the Hub's host shows up.
+    """
+    global _connections
+    huggingface_hub.close_session()
+    _connections = []
+    yield _connections
+    _connections = None
 
 
 @pytest.fixture
 def hub_flags(monkeypatch):
-    # monkeypatch restores the process-wide flags that load_data flips
+    # datasets' own defaults, which load_data must turn off; monkeypatch restores the process-wide flags it flips
     monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
     monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", True)
     monkeypatch.setenv("HF_UPDATE_DOWNLOAD_COUNTS", "1")
 
 
-def test_hub_load_switches_hosts_off_and_records_commit(tmp_path, synthetic, monkeypatch, hub_flags):
-    fake = _FakeHub(tmp_path, synthetic)
-    monkeypatch.setattr(datasets, "load_dataset", fake)
-    bundle = load_data(name="alice/digits", revision="v1")
-    assert fake.calls == [("alice/digits", {"revision": "v1"})]
+def _digits(synthetic: datasets.Dataset) -> datasets.DatasetDict:
+    return datasets.DatasetDict({"train": synthetic, "validation": synthetic.select(range(0, 30, 5))})
+
+
+def _push(dataset: datasets.DatasetDict, repo_id: str, token: str, **kwargs) -> str:
+    """Push with datasets' own push_to_hub and return the commit it made."""
+    return dataset.push_to_hub(repo_id, token=token, **kwargs).oid
+
+
+@pytest.fixture(scope="module")
+def digits(local_hub, synthetic_module) -> tuple[str, str]:
+    """A public dataset repo with a train and a validation split, tagged v1: (repo id, v1 commit)."""
+    repo_id = f"{local_hub.user}/digits-{uuid.uuid4().hex[:6]}"
+    sha = _push(_digits(synthetic_module), repo_id, local_hub.token)
+    HfApi(token=local_hub.token).create_tag(repo_id, tag="v1", repo_type="dataset")
+    return repo_id, sha
+
+
+@pytest.fixture(scope="module")
+def synthetic_module() -> datasets.Dataset:
+    return make_synthetic_image_dataset(num_classes=3, per_class=10, size=16, seed=0)
+
+
+def _readme_revisions(hub) -> list[str]:
+    """The revisions datasets asked for the dataset card at (its first request of a load resolves the revision)."""
+    return [unquote(r.path.split("/resolve/", 1)[1].split("/", 1)[0])
+            for r in hub.requests if r.path.endswith("/README.md") and "/resolve/" in r.path]
+
+
+def test_hub_load_switches_hosts_off_and_records_commit(hub, digits, hub_flags, hosts_contacted):
+    repo_id, sha = digits
+    bundle = load_data(name=repo_id, revision="v1")
+    assert set(hosts_contacted) == {"127.0.0.1"}  # no download-count ping, no dataset-viewer lookup
+    assert datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is False and datasets.config.USE_PARQUET_EXPORT is False
     assert os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] == "0"
-    assert (bundle.source.kind, bundle.source.dataset, bundle.source.revision) == ("hub", "alice/digits", "v1")
-    assert bundle.source.revision_sha == fake.sha and bundle.source.eval_split == "validation"
+    assert _readme_revisions(hub)[0] == "v1"  # the tag was what datasets resolved
+    assert (bundle.source.kind, bundle.source.dataset, bundle.source.revision) == ("hub", repo_id, "v1")
+    assert bundle.source.revision_sha == sha and bundle.source.eval_split == "validation"
+    assert (len(bundle.train), len(bundle.eval)) == (30, 6) and bundle.label_names == ["class_0", "class_1", "class_2"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert load_data(name="alice/digits", revision=fake.sha).source.revision_sha == fake.sha
+        assert load_data(name=repo_id, revision=sha).source.revision_sha == sha
 
 
-def test_hub_load_warns_when_the_cache_answers_instead(tmp_path, synthetic, monkeypatch, hub_flags):
-    fake = _FakeHub(tmp_path, synthetic)
-    monkeypatch.setattr(datasets, "load_dataset", fake)
-    with pytest.warns(UserWarning, match=f"cached copy of commit {fake.sha}"):
-        bundle = load_data(name="alice/digits", revision="f" * 40)
-    assert bundle.source.revision_sha == fake.sha  # what was read, not what was asked
+def test_hub_load_warns_when_the_cache_answers_instead(hub, api, repo_id, synthetic, hub_flags, monkeypatch,
+                                                      no_backoff):
+    first = _push(_digits(synthetic), repo_id, hub.token)
+    assert load_data(name=repo_id).source.revision_sha == first
+    second = api.upload_file(path_or_fileobj=b"notes\n", path_in_repo="notes.txt", repo_id=repo_id,
+                             repo_type="dataset").oid
+
+    # The Hub is down: datasets falls back to the copy it loaded before, which is not the commit asked for.
+    hub.down()
+    with pytest.warns(UserWarning, match=re.escape(f"asked for {repo_id}@{second} but datasets returned its cached "
+                                                   f"copy of commit {first}")):
+        bundle = load_data(name=repo_id, revision=second)
+    assert bundle.source.revision_sha == first  # what was read, not what was asked
+    assert no_backoff.pauses  # the client did try the Hub before the cache answered
+
+    # Offline, datasets reads its newest cached copy whatever the revision, without asking the Hub at all.
+    hub.up()
+    hub.requests.clear()
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.warns(UserWarning, match="offline, datasets ignores revision='v2'"):
-        load_data(name="alice/digits", revision="v2")
-
-
-def _response(status: int) -> httpx2.Response:
-    return httpx2.Response(status, request=httpx2.Request("GET", os.environ["HF_ENDPOINT"]))
+        assert load_data(name=repo_id, revision="v2").source.revision_sha == first
+    assert hub.requests == []
 
 
 @pytest.mark.parametrize(
-    ("raised", "expected", "words"),
+    ("case", "answered", "expected", "words", "cause"),
     [
-        (datasets.exceptions.DatasetNotFoundError("Dataset 'alice/nope' doesn't exist"), DataError, "not found"),
-        (ConnectionError("Couldn't reach 'alice/nope' on the Hub"), HubError, "could not reach"),
-        (HfHubHTTPError("401 Client Error: Invalid credentials", response=_response(401)), HubError, "refused"),
-        (RepositoryNotFoundError("404 Client Error", response=_response(404)), DataError, "not found"),
+        ("missing dataset", 401, DataError, "not found", datasets.exceptions.DatasetNotFoundError),
+        ("missing revision", 404, DataError, "not found", datasets.exceptions.DatasetNotFoundError),
+        ("private dataset, no token", 401, DataError, "not found", datasets.exceptions.DatasetNotFoundError),
+        ("hub down", None, HubError, "could not reach", ConnectionError),
+        ("invalid token", 401, HubError, "refused", HfHubHTTPError),
+        ("repo deleted, still in the hub cache", 401, DataError, "not found", RepositoryNotFoundError),
     ],
-    ids=["missing-dataset", "hub-down", "hub-error", "repo-missing-from-hub-cache"],
 )
-def test_hub_errors_are_hubft_errors(monkeypatch, hub_flags, raised, expected, words):
-    def fail(path, **kwargs):
-        raise raised
+def test_hub_errors_are_hubft_errors(hub, api, repo_id, synthetic, hub_flags, monkeypatch, tmp_path, no_backoff,
+                                     send_hf_token, case, answered, expected, words, cause):
+    revision = "nope" if case == "missing revision" else None
+    if case in ("missing revision", "private dataset, no token", "repo deleted, still in the hub cache"):
+        _push(_digits(synthetic), repo_id, hub.token, private=case == "private dataset, no token")
+    if case == "repo deleted, still in the hub cache":
+        load_data(name=repo_id)
+        api.delete_repo(repo_id, repo_type="dataset")
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "fresh-datasets-cache"))
+    if case == "invalid token":
+        send_hf_token("hf_not_a_token_of_this_hub")
+    if case == "hub down":
+        hub.down()
+    hub.requests.clear()
 
-    monkeypatch.setattr(datasets, "load_dataset", fail)
     with pytest.raises(expected, match=words) as info:
-        load_data(name="alice/nope")
-    assert "alice/nope" in str(info.value) and "Fix:" in str(info.value)
+        load_data(name=repo_id, revision=revision)
+    assert repo_id in str(info.value) and "Fix:" in str(info.value)
+    assert isinstance(info.value.__cause__, cause)  # the client's own error for this case, mapped
+    # What the Hub answered: the status that took this path (anonymous callers get 401 for what they cannot see)
+    if answered is None:
+        assert hub.requests == []
+    else:
+        assert answered in {r.status for r in hub.requests}

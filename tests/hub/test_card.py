@@ -139,6 +139,9 @@ def test_a_directory_with_only_a_saved_model_gets_a_valid_card(tmp_path, saved_m
     path = write_model_card(saved_model, repo_id="me/bare", path=tmp_path / "README.md")
     card = ModelCard.load(path)
     assert card.data.eval_results is None and card.data.library_name == "timm"
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.tags == ["hubft", "timm", "image-classification"]
+    assert (card.data.base_model, card.data.datasets, card.data.license) == (None, None, None)
     assert "No evaluation results" in card.text and "`test_resnet`" in card.text
     assert not (saved_model / "README.md").exists()  # path= writes there, not into the model directory
 
@@ -185,10 +188,40 @@ def test_validation_refuses_broken_cards(text, problem):
         validate_model_card(text)
 
 
+def _expected_card_data(**changes):
+    """What the card of ``_run_dir(dataset="hub")`` must say, written out here rather than rendered by hubft."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    fields = {"base_model": "someone/base", "license": "mit", "datasets": ["someone/pets"],
+              "metrics": [("accuracy", 0.85, None), ("top_5_accuracy", 1.0, None), ("f1", 0.8125, "macro")],
+              **changes}
+    results = [EvalResult(task_type="image-classification", dataset_type="someone/pets", dataset_name="someone/pets",
+                          dataset_split="validation", dataset_revision=SHA, metric_type=metric, metric_value=value,
+                          metric_args={"average": average} if average else None)
+               for metric, value, average in fields.pop("metrics")]
+    return ModelCardData(model_name="pets", eval_results=results, **fields)
+
+
 def test_validation_compares_what_parses_back_with_what_was_rendered(tmp_path, saved_model):
-    out = _run_dir(tmp_path, saved_model)
-    data = model_card_data(out, repo_id="me/pets")
-    text = render_model_card(out, repo_id="me/pets")
-    validate_model_card(text, expected=data)
+    from huggingface_hub import ModelCard
+
+    text = render_model_card(_run_dir(tmp_path, saved_model), repo_id="me/pets")
+    data = ModelCard(text).data
+    assert (data.base_model, data.datasets, data.license, data.pipeline_tag, data.library_name) == (
+        "someone/base", ["someone/pets"], "mit", "image-classification", "timm")
+    assert data.tags == ["hubft", "timm", "image-classification"]
+    assert [(r.metric_type, r.metric_value, r.metric_args, r.dataset_type, r.dataset_split, r.dataset_revision)
+            for r in data.eval_results] == [
+        ("accuracy", 0.85, None, "someone/pets", "validation", SHA),
+        ("top_5_accuracy", 1.0, None, "someone/pets", "validation", SHA),
+        ("f1", 0.8125, {"average": "macro"}, "someone/pets", "validation", SHA),
+    ]
+
+    validate_model_card(text, expected=_expected_card_data())
     with pytest.raises(HubError, match="eval results"):
-        validate_model_card(text.replace("value: 0.85", "value: 0.58"), expected=data)
+        validate_model_card(text.replace("value: 0.85", "value: 0.58"), expected=_expected_card_data())
+    for field, wrong in (("base_model", "someone/other"), ("license", "apache-2.0"), ("datasets", ["someone/cars"]),
+                         ("metrics", [("accuracy", 0.85, None), ("top_5_accuracy", 1.0, None)])):
+        name = "eval results" if field == "metrics" else field
+        with pytest.raises(HubError, match=name):
+            validate_model_card(text, expected=_expected_card_data(**{field: wrong}))

@@ -13,9 +13,24 @@ from hubft.errors import HubError
 from hubft.hub.push import pull_from_hub, push_to_hub
 
 
+# A fixed input, independent of the global RNG, for comparing logits.
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1234))
+
+
 def _saved(tmp_path, name, labels):
     model = hubft.create_model("test_resnet", label_names=labels, pretrained=False).eval()
     return model, hubft.save_pretrained(model, tmp_path / name)
+
+
+def _assert_is_the_pushed_model(pulled: torch.nn.Module, pushed: torch.nn.Module) -> None:
+    """The model that came back from the Hub is the one that was pushed: every tensor byte for byte, same logits."""
+    got, want = pulled.state_dict(), pushed.state_dict()
+    assert sorted(got) == sorted(want)
+    for key, tensor in want.items():
+        assert (got[key].dtype, got[key].shape) == (tensor.dtype, tensor.shape), key
+        assert got[key].numpy().tobytes() == tensor.numpy().tobytes(), key
+    with torch.no_grad():
+        assert torch.equal(pulled.eval()(X), pushed.eval()(X))
 
 
 def test_pull_gets_the_pushed_files_and_revisions_pin_them(hub, api, repo_id, tmp_path):
@@ -24,7 +39,7 @@ def test_pull_gets_the_pushed_files_and_revisions_pin_them(hub, api, repo_id, tm
     first, first_dir = _saved(tmp_path, "first", ["a", "b"])
     push_to_hub(first_dir, repo_id, token=hub.token)
     first_sha = api.model_info(repo_id).sha
-    _, second_dir = _saved(tmp_path, "second", ["a", "b", "c"])
+    second, second_dir = _saved(tmp_path, "second", ["a", "b", "c"])
     push_to_hub(second_dir, repo_id, token=hub.token)
 
     pulled = pull_from_hub(repo_id, tmp_path / "pulled")
@@ -32,14 +47,14 @@ def test_pull_gets_the_pushed_files_and_revisions_pin_them(hub, api, repo_id, tm
     assert sorted(p.name for p in pulled.iterdir() if p.name != ".cache") == ["README.md", "config.json",
                                                                              "model.safetensors"]
     assert (pulled / "model.safetensors").read_bytes() == (second_dir / "model.safetensors").read_bytes()
+    _assert_is_the_pushed_model(hubft.from_pretrained(pulled), second)
 
     assert main(["pull", repo_id, "-o", str(tmp_path / "old"), "--revision", first_sha]) == 0
     assert json.loads((tmp_path / "old" / "config.json").read_text())["label_names"] == ["a", "b"]
+    assert (tmp_path / "old" / "model.safetensors").read_bytes() == (first_dir / "model.safetensors").read_bytes()
 
-    old = hubft.from_pretrained(f"hf-hub:{repo_id}", revision=first_sha).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(old(x), first(x))
+    old = hubft.from_pretrained(f"hf-hub:{repo_id}", revision=first_sha)
+    _assert_is_the_pushed_model(old, first)
     assert old.label_names == ["a", "b"] and old.hubft_source["revision"] == first_sha
 
 
@@ -65,10 +80,8 @@ def test_fine_tuning_can_start_from_a_repo_timm_pushed(hub, repo_id):
     source = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
     push_to_hf_hub(source, repo_id, token=hub.token, model_config={"label_names": ["cat", "dog", "fox"]})
 
-    kept = hubft.from_pretrained(f"hf-hub:{repo_id}").eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(kept(x), source(x))
+    kept = hubft.from_pretrained(f"hf-hub:{repo_id}")
+    _assert_is_the_pushed_model(kept, source)
     assert kept.label_names == ["cat", "dog", "fox"]
 
     new = hubft.create_model(f"hf-hub:{repo_id}", label_names=["x", "y"])
@@ -77,19 +90,14 @@ def test_fine_tuning_can_start_from_a_repo_timm_pushed(hub, repo_id):
     assert all(torch.equal(new.state_dict()[k], v) for k, v in body.items())
 
 
-def test_from_pretrained_takes_a_bare_repo_id(hub, repo_id, tmp_path, monkeypatch):
-    import torch
-
-    import hubft
-
-    model = hubft.create_model("test_resnet", label_names=["a", "b"], pretrained=False)
-    hubft.save_pretrained(model, tmp_path / "m")
-    hubft.push_to_hub(tmp_path / "m", repo_id, token=hub.token)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-    monkeypatch.setenv("HF_TOKEN", hub.token)
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(hubft.from_pretrained(repo_id).eval()(x), hubft.from_pretrained(f"hf-hub:{repo_id}").eval()(x))
+def test_from_pretrained_takes_a_bare_repo_id(hub, repo_id, tmp_path, monkeypatch, send_hf_token):
+    model, saved = _saved(tmp_path, "m", ["a", "b"])
+    hubft.push_to_hub(saved, repo_id, token=hub.token)
+    send_hf_token(hub.token)
+    for source in (repo_id, f"hf-hub:{repo_id}"):
+        pulled = hubft.from_pretrained(source)
+        _assert_is_the_pushed_model(pulled, model)
+        assert pulled.hubft_source["repo_id"] == repo_id and pulled.label_names == ["a", "b"]
     # An existing local folder of that name wins over the Hub.
     monkeypatch.chdir(tmp_path)
     owner, name = repo_id.split("/")

@@ -228,3 +228,59 @@ def test_snapshot_download_then_offline_reload_in_a_subprocess(hub, api, repo_id
     expected = {"config": FILES["config.json"].decode(), "weights": len(FILES["model.safetensors"])}
     assert json.loads(out.stdout.splitlines()[-1]) == expected
     assert hub.requests == []  # offline means no request reached the hub
+
+
+def test_short_commit_shas_resolve_like_on_the_hub(hub, api, repo_id):
+    # The Hub resolves an abbreviated sha (git rev-parse style) and stamps the full one on the answer; refs win
+    # over a short sha spelt the same, and a prefix that several commits share names none of them.
+    api.create_repo(repo_id)
+    first = api.upload_file(path_or_fileobj=b"one\n", path_in_repo="f.txt", repo_id=repo_id).oid
+    api.upload_file(path_or_fileobj=b"two\n", path_in_repo="f.txt", repo_id=repo_id)
+
+    assert api.model_info(repo_id, revision=first[:7]).sha == first
+    with open(hf_hub_download(repo_id, "f.txt", revision=first[:7], token=hub.token), "rb") as f:
+        assert f.read() == b"one\n"
+    assert api.list_repo_files(repo_id, revision=first[:10]) == [".gitattributes", "f.txt"]
+    shas = [c.commit_id for c in api.list_repo_commits(repo_id)]
+    unknown = next(p for p in ("0000000", "1111111", "2222222") if not any(s.startswith(p) for s in shas))
+    for too_short_or_unknown in (first[:3], unknown):
+        with pytest.raises(RevisionNotFoundError):
+            api.model_info(repo_id, revision=too_short_or_unknown)
+
+    api.create_branch(repo_id, branch=first[:7], revision="main")  # a branch named like the short sha wins
+    assert api.model_info(repo_id, revision=first[:7]).sha != first
+
+
+def test_a_private_or_missing_repo_is_401_to_anonymous_callers_and_404_to_others(hub, api, repo_id):
+    api.create_repo(repo_id, private=True)
+    stranger = hub.add_token("someone-else", role="read")
+    for path in (f"/api/models/{repo_id}", f"/{repo_id}/resolve/main/.gitattributes",
+                 f"/api/models/{repo_id}-missing", f"/{repo_id}-missing/resolve/main/.gitattributes"):
+        request = urllib.request.Request(f"{hub.endpoint}{path}")
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(request)
+        assert (anonymous.value.code, anonymous.value.headers["X-Error-Code"]) == (401, "RepoNotFound"), path
+        request.add_header("authorization", f"Bearer {stranger}")
+        with pytest.raises(urllib.error.HTTPError) as with_token:
+            urllib.request.urlopen(request)
+        assert (with_token.value.code, with_token.value.headers["X-Error-Code"]) == (404, "RepoNotFound"), path
+    # Both statuses map to the client's typed error, with and without a token.
+    for token in (False, stranger):
+        with pytest.raises(RepositoryNotFoundError):
+            hf_hub_download(repo_id, ".gitattributes", token=token)
+        assert not HfApi(token=token).repo_exists(repo_id)
+
+
+def test_a_short_sha_that_several_commits_start_with_names_none(tmp_path):
+    from hubft.hub.server._errors import ApiError
+    from hubft.hub.server._storage import Storage
+
+    repo = Storage(tmp_path).create_repo("model", "u/r", private=False, author="u")
+    first = repo.state().heads["main"]
+    twin = first[:6] + ("0" if first[6] != "0" else "1") + "0" * 33  # shares exactly 6 characters with first
+    commits = repo.base / "commits"
+    (commits / f"{twin}.json").write_text((commits / f"{first}.json").read_text())
+    assert repo.resolve(first[:7]).id == first
+    with pytest.raises(ApiError) as ambiguous:
+        repo.resolve(first[:6])
+    assert (ambiguous.value.status, ambiguous.value.code) == (404, "RevisionNotFound")

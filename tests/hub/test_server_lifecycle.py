@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import io
-import socket
+import os
 import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
@@ -12,6 +19,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from hubft.errors import ConfigError, HubError
 from hubft.testing import LocalHub
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_new_hub_on_the_same_root_sees_everything_committed(tmp_path):
@@ -119,3 +128,83 @@ def test_connections_send_without_nagle_delays(tmp_path):
             assert all(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in connections)
         finally:
             client.close()
+
+
+def _read_until(proc: subprocess.Popen, marker: bytes, timeout: float = 120) -> str:
+    """What ``proc`` printed up to and including ``marker``: waits on its pipe (never sleeps), fails if it exits."""
+    deadline, text = time.monotonic() + timeout, b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while marker not in text:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise TimeoutError(f"no {marker!r} within {timeout} s; output so far: {text.decode()!r}")
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"exited with {proc.wait()} before printing {marker!r}: {text.decode()!r}")
+            text += chunk
+    return text.decode()
+
+
+def _serve(root: Path) -> tuple[subprocess.Popen, str, str]:
+    """Start `hubft hub serve` on a free port and return it once it says it is ready, with its endpoint and token.
+
+    ``python -m hubft.cli`` from the repository root with the root first on PYTHONPATH, so that the child runs this
+    checkout's code (the installed console script may belong to another checkout).
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "hubft.cli", "hub", "serve", "--root", str(root), "--port", "0"],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        banner = _read_until(proc, b"Press Ctrl-C to stop.")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    endpoint = re.search(r"serving .* at (http://127\.0\.0\.1:\d+)\n", banner).group(1)
+    token = re.search(r"write token: (hf_\w+)\n", banner).group(1)
+    assert banner.count(token) == 1 and "read token:  hf_" in banner
+    return proc, endpoint, token
+
+
+def _stop(proc: subprocess.Popen, sig: signal.Signals) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        rest, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest, _ = proc.communicate()
+        raise AssertionError(f"still running 120 s after {sig.name}: {rest.decode()!r}") from None
+    return proc.returncode, rest.decode()
+
+
+@pytest.mark.slow
+def test_the_hub_serve_command_serves_clients_and_stops_cleanly_on_sigint_and_sigterm(tmp_path):
+    root, repo = tmp_path / "root", "hubft-user/served"
+
+    proc, endpoint, token = _serve(root)
+    try:
+        api = HfApi(endpoint=endpoint, token=token)
+        api.create_repo(repo)
+        api.upload_file(path_or_fileobj=b"hello\n", path_in_repo="hello.txt", repo_id=repo)
+        assert Path(api.hf_hub_download(repo, "hello.txt", cache_dir=tmp_path / "cache-1")).read_bytes() == b"hello\n"
+    finally:
+        code, rest = _stop(proc, signal.SIGINT)
+    assert (code, rest.strip()) == (0, "stopped")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])), timeout=5)
+
+    # A second run on the same root: new tokens, the repo still there, and SIGTERM stops it as cleanly.
+    proc, endpoint, second_token = _serve(root)
+    try:
+        assert second_token != token
+        api = HfApi(endpoint=endpoint, token=second_token)
+        assert Path(api.hf_hub_download(repo, "hello.txt", cache_dir=tmp_path / "cache-2")).read_bytes() == b"hello\n"
+        api.upload_file(path_or_fileobj=b"again\n", path_in_repo="again.txt", repo_id=repo)
+        assert api.list_repo_files(repo) == [".gitattributes", "again.txt", "hello.txt"]
+    finally:
+        code, rest = _stop(proc, signal.SIGTERM)
+    assert (code, rest.strip()) == (0, "stopped")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])), timeout=5)

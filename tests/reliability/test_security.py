@@ -71,12 +71,23 @@ def test_a_malicious_pickle_on_the_hub_is_refused(pickled_model, hub, api, repo_
     model_dir, marker = pickled_model
     api.create_repo(repo_id)
     api.upload_folder(folder_path=str(model_dir), repo_id=repo_id)
+    assert "pytorch_model.bin" in api.list_repo_files(repo_id)
+    hub.requests.clear()
     with pytest.raises(WeightsError, match="pytorch_model.bin"):
-        hubft.create_model(f"hf-hub:{repo_id}", pretrained=True)
+        hubft.create_model(f"hf-hub:{repo_id}", pretrained=True, cache_dir=tmp_path / "hf-cache")
     with pytest.raises(HubError, match="no model.safetensors"):
         hubft.pull_from_hub(repo_id, tmp_path / "pulled", token=hub.token)
     assert not (tmp_path / "pulled" / "pytorch_model.bin").exists()
     assert not marker.exists()
+
+    # The Hub's own log is the proof: the pickle's bytes never left the server. Its name was only probed with
+    # HEAD (which carries no body), while the config it sits beside was downloaded with GET.
+    def served(method: str, name: str) -> list:
+        return [r for r in hub.requests if r.method == method and r.path.endswith(f"/{name}") and r.status == 200]
+
+    assert served("GET", "config.json"), hub.requests
+    assert served("HEAD", "pytorch_model.bin"), hub.requests
+    assert not [r for r in hub.requests if r.method != "HEAD" and "pytorch_model.bin" in r.path]
 
 
 def _rewrite_manifest(checkpoint) -> None:

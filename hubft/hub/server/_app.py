@@ -139,14 +139,14 @@ class HubApp:
         """Find a repo the caller may read, and may change when ``write`` names the action.
 
         Raises:
-            ApiError: 404 ``RepoNotFound`` for a missing repo or a private one the caller cannot see; 400 for an
-                invalid id; 401/403 when ``write`` is asked without the rights.
+            ApiError: ``RepoNotFound`` for a missing repo or a private one the caller cannot see (401 when anonymous,
+                404 otherwise); 400 for an invalid id; 401/403 when ``write`` is asked without the rights.
         """
         repo_id = split_repo_id(namespace, name, repo_type)
         identity = self.identify(request)
         repo = self.storage.repo(repo_type, repo_id)
         if repo is None:
-            raise repo_not_found(repo_type, repo_id)
+            raise repo_not_found(repo_type, repo_id, anonymous=identity is None)
         state = repo.state()
         check_read(identity, repo_type, repo_id, state.private)
         if write:

@@ -2,8 +2,9 @@
 
 A token is a bearer secret mapped to an :class:`Identity`: a user, the organisations it belongs to, and a role.
 ``read`` tokens may read the user's private repos; ``write`` tokens may also create, commit to and delete repos in
-the user's own namespace and its organisations. Anyone may read public repos. A private repo is invisible (404
-``RepoNotFound``) to everyone but its namespace's members, exactly like a missing one. Only sha256 digests of the
+the user's own namespace and its organisations. Anyone may read public repos. A private repo is invisible
+(``RepoNotFound``: 401 to an anonymous caller, 404 to one with a token) to everyone but its namespace's members,
+exactly like a missing one. Only sha256 digests of the
 tokens are kept, so the table can be printed or logged without leaking a secret.
 """
 
@@ -102,10 +103,10 @@ def check_read(identity: Identity | None, repo_type: str, repo_id: str, private:
     """Refuse to show a private repo to anyone outside its namespace.
 
     Raises:
-        ApiError: 404 ``RepoNotFound``, the same answer as for a missing repo.
+        ApiError: ``RepoNotFound``, the same answer as for a missing repo (401 anonymous, 404 with a token).
     """
     if private and (identity is None or not identity.member_of(repo_id.split("/")[0])):
-        raise repo_not_found(repo_type, repo_id)
+        raise repo_not_found(repo_type, repo_id, anonymous=identity is None)
 
 
 def check_write(identity: Identity | None, namespace: str, action: str) -> Identity:

@@ -60,9 +60,14 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, message)
 
 
-def repo_not_found(repo_type: str, repo_id: str) -> ApiError:
-    """A 404 ``RepoNotFound``; also what a caller without access to a private repo gets, so it stays invisible."""
-    return ApiError(404, f"Repository not found: {repo_type} repo {repo_id!r}", code="RepoNotFound")
+def repo_not_found(repo_type: str, repo_id: str, *, anonymous: bool = False) -> ApiError:
+    """A ``RepoNotFound``; also what a caller without access to a private repo gets, so it stays invisible.
+
+    Like the Hub, the status is 401 for an anonymous caller (logging in might help) and 404 for one who sent a
+    token; either way a missing repo and someone else's private repo answer alike.
+    """
+    return ApiError(401 if anonymous else 404, f"Repository not found: {repo_type} repo {repo_id!r}",
+                    code="RepoNotFound")
 
 
 def revision_not_found(revision: str) -> ApiError:

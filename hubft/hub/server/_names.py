@@ -14,12 +14,18 @@ REPO_TYPES = ("model", "dataset", "space")
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHORT_SHA = re.compile(r"^[0-9a-f]{4,39}$")
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20~^:?*\[\\\x7f]")
 
 
 def is_commit_sha(value: str) -> bool:
     """Whether ``value`` is a full 40-character lowercase hex commit id (what the client treats as immutable)."""
     return bool(_SHA.match(value))
+
+
+def is_short_sha(value: str) -> bool:
+    """Whether ``value`` could abbreviate a commit id: 4 to 39 lowercase hex characters, as ``git rev-parse`` takes."""
+    return bool(_SHORT_SHA.match(value))
 
 
 def check_repo_type(value: str | None) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import TextIO
 
 from ._local_hub import LocalHub
@@ -21,10 +25,11 @@ def serve(
     read_token: str | None = None,
     out: TextIO | None = None,
 ) -> None:
-    """Serve a local Hub over ``root`` until Ctrl-C, printing its endpoint and tokens once.
+    """Serve a local Hub over ``root`` until Ctrl-C or SIGTERM, printing its endpoint and tokens once.
 
     The tokens are the hub's own (random unless given), not the user's Hugging Face token, and are printed only in
-    this banner: copy them from there.
+    this banner: copy them from there. On SIGINT (Ctrl-C) or SIGTERM (a service manager, ``kill``) the hub closes its
+    connections and releases ``root``, then prints ``stopped`` and returns, so the command exits with 0.
 
     Args:
         root: Directory holding the repos (created if missing; an earlier hub's root is reused).
@@ -53,6 +58,30 @@ def serve(
                   file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         try:
-            hub.wait()
+            with _stop_on_signals():
+                hub.wait()
         except KeyboardInterrupt:
-            print("\nstopped", file=out)
+            pass
+    print("\nstopped", file=out, flush=True)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt`` while serving, whatever handlers were inherited.
+
+    SIGTERM would otherwise kill the process before the hub releases its root, and a process started in the
+    background by a shell inherits SIGINT ignored, so Ctrl-C (or ``kill -INT``) would never reach it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread; the caller stops the hub another way
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -31,7 +31,7 @@ from typing import IO
 from hubft.files import atomic_write, atomic_write_bytes
 
 from ._errors import ApiError, bad_request, revision_not_found
-from ._names import is_commit_sha
+from ._names import is_commit_sha, is_short_sha
 from ._objects import Commit, FileEntry, utc_now
 from ._upload_rules import DEFAULT_GITATTRIBUTES
 
@@ -154,16 +154,27 @@ class Repo:
         return cached
 
     def resolve(self, revision: str, state: RepoState | None = None) -> Commit:
-        """The commit ``revision`` names (branch, tag, PR ref or sha).
+        """The commit ``revision`` names: a branch, a tag, a PR ref, a full sha or an unambiguous short sha.
+
+        Refs win over a short sha that happens to spell the same characters, as in git. A short sha is 4 to 39 hex
+        characters (the Hub resolves ``/revision/169d4a4`` and stamps the full sha on the answer); the client still
+        treats only a full sha as immutable.
 
         Raises:
-            ApiError: 404 ``RevisionNotFound``.
+            ApiError: 404 ``RevisionNotFound``, also for a short sha that several commits start with.
         """
-        sha = (state or self.state()).resolve(revision) or revision
+        sha = (state or self.state()).resolve(revision) or self._expand(revision)
         found = self.commit(sha)
         if found is None:
             raise revision_not_found(revision)
         return found
+
+    def _expand(self, revision: str) -> str:
+        """The full sha a short sha abbreviates; ``revision`` unchanged when it abbreviates none, or several."""
+        if not is_short_sha(revision):
+            return revision
+        matches = [p.stem for p in (self.base / "commits").glob(f"{revision}*.json")]
+        return matches[0] if len(matches) == 1 else revision
 
     def write_commit(self, commit: Commit) -> None:
         """Store a commit (idempotent: the id is derived from the content)."""
