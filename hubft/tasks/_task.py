@@ -104,7 +104,7 @@ class Task:
         """
         names = list(label_names)
         if len(names) < self.min_labels:
-            raise DataError(f"the data has {len(names)} class(es) {names}: {self.summary} needs at least "
+            raise DataError(f"the data has {len(names)} class(es) {names}: task {self.name!r} needs at least "
                             f"{self.min_labels}",
                             fix="add examples of another class, or check data.classes and data.label_column")
 

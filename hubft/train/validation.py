@@ -24,7 +24,7 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
         config: The run's config.
         has_dataset: A dataset object is given in Python, so neither ``data.name`` nor ``data.path`` is needed.
 
-    The output directory is created here (see :func:`~hubft.files.make_dir`).
+    The output directory is created here, once every other check passed (see :func:`~hubft.files.make_dir`).
 
     Raises:
         ConfigError: The output directory cannot be created or written, or holds an interrupted run; the data
@@ -32,7 +32,9 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
     """
     c = config
     get_task(c.model.task)  # an unknown task is named now, not after the data is loaded
-    out = make_dir(c.train.output_dir, key="train.output_dir")
+    out = Path(c.train.output_dir)
+    if out.exists() and not out.is_dir():
+        make_dir(out, key="train.output_dir")  # raises, naming the file
     unfinished = None if c.train.resume else interrupted_run(out)
     if unfinished is not None:
         raise ConfigError(
@@ -55,6 +57,8 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
         from hubft.train.hub_checkpoints import parse_checkpoint_spec
 
         parse_checkpoint_spec(c.train.resume)
+    # Last: the one check that writes (a directory), once nothing else refuses the run.
+    make_dir(out, key="train.output_dir")
 
 
 # How a loss's target kind reads in an error (see hubft.losses.LossInfo.target).

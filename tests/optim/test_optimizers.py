@@ -150,7 +150,11 @@ def test_fused_optimizer_matches_the_default_implementation(name):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_a_subclass_that_does_not_take_fused_is_left_alone_and_torch_refusals_are_config_errors():
+def test_a_subclass_that_does_not_take_fused_is_left_alone_and_torch_refusals_are_config_errors(monkeypatch):
+    from hubft.optim import _optimizers
+
+    monkeypatch.setattr(_optimizers, "_REGISTRY", _optimizers._REGISTRY.copy())  # the record must not leak
+
     class Plain(torch.optim.AdamW):
         def __init__(self, params, lr=1e-3):
             super().__init__(params, lr=lr)

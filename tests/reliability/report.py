@@ -33,6 +33,13 @@ REFERENCED = {
     "tests/train/test_finetune.py::test_mid_epoch_resume_is_bit_identical": (
         "an in-process run stopped mid-epoch (fault `raise` after update 7), resumed from `latest`",
         "weights SHA-256, per-step losses and epoch history identical"),
+    "tests/train/test_equivalence.py::test_a_two_process_run_killed_mid_epoch_resumes_bit_identical": (
+        "kill -9 of both processes of a 2-process run (torchrun) mid-epoch, between checkpoints",
+        "resumed with torchrun: model.safetensors and every log.jsonl record (losses, LRs, batch digests, epoch "
+        "means) identical to the uninterrupted 2-process run"),
+    "tests/train/test_equivalence.py::test_a_two_process_checkpoint_is_refused_by_one_process_with_the_difference_named": (
+        "resume a 2-process run's checkpoint with 1 process",
+        "refused with exit 2 naming `num_processes: checkpoint 2 vs now 1` (the batches and RNG streams would differ)"),
     "tests/hub/test_push.py::test_faults_still_give_exactly_one_commit_with_identical_files": (
         "503 / 429 / 5xx / dropped connections / answers lost after the commit, on a fraction of all requests or "
         "on every commit, upload and repo call of a push",
