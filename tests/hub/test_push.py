@@ -18,7 +18,7 @@ import torch
 
 import hubft
 from hubft.errors import ConfigError, HubError, WeightsError
-from hubft.hub.card import PLOTS, render_model_card
+from hubft.hub.card import PLOTS
 from hubft.hub.push import UPLOAD_ALLOWLIST, RetryPolicy, push_to_hub
 from hubft.testing import FaultPlan
 
@@ -86,9 +86,19 @@ def _assert_pushed_exactly_once(api, repo_id, run_dir, tmp_path, message="Upload
     assert [c.title for c in commits] == [message, "initial commit"]
     remote = snapshot_download(repo_id, cache_dir=str(tmp_path / "check"), token=api.token)
     expected = {n: (run_dir / n).read_bytes() for n in UPLOAD_ALLOWLIST if (run_dir / n).is_file() and n != "README.md"}
-    expected["README.md"] = render_model_card(run_dir, repo_id=repo_id).encode()
     got = {p: open(os.path.join(remote, p), "rb").read() for p in os.listdir(remote) if p != ".gitattributes"}
+    card = got.pop("README.md").decode()
     assert got == expected
+    # The card was rendered again for this repo: parsed as the Hub parses it, it names the repo and the run's results.
+    from huggingface_hub import ModelCard
+
+    data = ModelCard(card).data
+    assert data.model_name == repo_id.split("/")[-1] and data.library_name == "timm"
+    assert data.pipeline_tag == "image-classification"
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert results["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
+    assert f"{repo_id}" in card  # the loading snippets use the real id
 
 
 def test_only_the_allowlist_is_uploaded_and_the_run_directory_is_untouched(hub, api, repo_id, run_dir, tmp_path):
