@@ -154,3 +154,13 @@ def test_the_link_check_catches_missing_files_and_anchors(tmp_path):
         "(c.md) points at c.md, which does not exist",
         f"(a.md#not-a-heading) points at no heading of {tmp_path / 'a.md'}"]
     assert anchors("# A\n## A\n## B c\n") == {"a", "a-1", "b-c"}
+
+
+def test_the_readme_counts_what_the_generated_tables_hold():
+    readme = README.read_text()
+    survival = (REPO / "docs" / "reliability.md").read_text()
+    errors = (REPO / "docs" / "errors.md").read_text()
+    faults = int(re.search(r"\((\d+) faults, \d+ survived\)", " ".join(survival.split())).group(1))
+    cases = len(re.findall(r"^\| .* \| `[a-z0-9-]+` \|", errors, flags=re.M))
+    assert f"{faults} of {faults} injected faults survived" in " ".join(readme.split())
+    assert f"{cases} bad-input cases" in " ".join(readme.split())
