@@ -3,7 +3,8 @@
 The head is timm's classifier, reset for the data's labels (:func:`hubft.create_model`). A single-label target is a
 class index; a multi-label target is a multi-hot row of the output's shape, so every loss over same-shaped targets
 fits it: ``bce`` (the default), ``focal`` / ``dice`` in their binary modes, and the dense losses (``mse``, ``l1``,
-``huber``, ``smooth_l1`` as Brier-style scores of each label's probability). The best epoch is the one with the
+``huber``, ``smooth_l1`` as Brier-style scores of each label's output; ``sobolev`` also compares neighbouring labels,
+which suits ordered labels such as ordinal grades encoded as cumulative multi-hot rows). The best epoch is the one with the
 highest top-1 accuracy, or mean average precision for multi-label data. How each metric treats ties, classes absent
 from the eval targets and classes never predicted, and which scikit-learn call it equals, is listed in
 :mod:`hubft.tasks._classification_metrics`.

@@ -27,8 +27,9 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
     The output directory is created here, once every other check passed (see :func:`~hubft.files.make_dir`).
 
     Raises:
-        ConfigError: The output directory cannot be created or written, or holds an interrupted run; the data
-            source is missing or given twice; or a Hub repo id or checkpoint source is malformed.
+        ConfigError: ``model.task`` names no task; the output directory cannot be created or written, or holds an
+            interrupted run; the data source is missing or given twice; or a Hub repo id or checkpoint source is
+            malformed.
     """
     c = config
     get_task(c.model.task)  # an unknown task is named now, not after the data is loaded

@@ -50,6 +50,21 @@ def test_multi_label_data_trains_with_bce_and_reports_map(tmp_path, make_config)
     assert "bce" in card
 
 
+@pytest.mark.parametrize("loss", hubft.list_losses(target="dense"))
+def test_every_dense_loss_trains_on_multi_label_targets(tmp_path, make_config, loss):
+    """The losses built for targets of the output's shape have their task: multi-hot rows are such targets."""
+    import math
+
+    from hubft.data import make_synthetic_image_dataset
+
+    data = make_synthetic_image_dataset(num_classes=3, per_class=8, size=16, multi_label=True)
+    cfg = make_config(tmp_path / "run", loss={"name": loss}, train={"epochs": 1, "max_updates": 3})
+    result = hubft.finetune(cfg, dataset=data)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert result.steps == 3 and all(math.isfinite(r["loss"]) for r in steps if r["type"] == "step")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["run"]["loss"] == loss
+
+
 def test_single_process_cpu_launch_is_warned(monkeypatch, capsys):
     from hubft.train.setup import _warn_single_process_cpu_launch
 
