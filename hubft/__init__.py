@@ -6,7 +6,8 @@ The public API, by stage:
   classifier and re-initialises a head for your labels; :func:`freeze` / :func:`unfreeze`;
   :func:`save_pretrained` / :func:`from_pretrained` (safetensors + timm ``config.json``).
 - Losses: :func:`create_loss`, :func:`list_losses`, :func:`register_loss`.
-- Learning rates: :func:`param_groups`, :func:`create_optimizer`, :func:`create_scheduler`, :func:`lr_curve`.
+- Learning rates: :func:`param_groups`, :func:`create_optimizer`, :func:`create_scheduler` (its ``step()`` works
+  like a torch scheduler's), :func:`lr_curve`, :func:`find_lr` / :func:`lr_find` (the LR range test).
 - Data: :func:`load_data`, :func:`create_transforms`.
 - Tasks: :func:`get_task`, :func:`list_tasks`, :func:`register_task` (``model.task``: what the backbone is
   fine-tuned for, and everything that depends on it).
@@ -36,12 +37,14 @@ _LAZY = {
     "hubft.models": ("create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained"),
     "hubft.losses": ("create_loss", "list_losses", "register_loss"),
     "hubft.optim": ("param_groups", "format_param_groups", "create_optimizer", "list_optimizers",
-                    "register_optimizer", "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve"),
+                    "register_optimizer", "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve",
+                    "find_lr"),
     "hubft.data": ("load_data", "create_transforms"),
     "hubft.tasks": ("Task", "get_task", "list_tasks", "register_task"),
     "hubft.train.finetune": ("finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE"),
     "hubft.train.parts": ("RunParts",),
     "hubft.train.lr_preview": ("lr_curve_for_config",),
+    "hubft.train.lr_find": ("lr_find",),
     "hubft.hub.push": ("push_to_hub", "pull_from_hub"),
     "hubft.train.hub_checkpoints": ("CheckpointPusher", "download_checkpoint"),
     "hubft.cli": ("parse_finetune_args",),
@@ -54,11 +57,12 @@ if TYPE_CHECKING:  # the same names as _LAZY, for type checkers and IDEs (a test
     from hubft.hub.push import pull_from_hub, push_to_hub
     from hubft.losses import create_loss, list_losses, register_loss
     from hubft.models import create_model, freeze, from_pretrained, save_pretrained, unfreeze
-    from hubft.optim import (create_optimizer, create_scheduler, format_param_groups, list_optimizers, list_schedulers,
-                             lr_curve, param_groups, register_optimizer, register_scheduler)
+    from hubft.optim import (create_optimizer, create_scheduler, find_lr, format_param_groups, list_optimizers,
+                             list_schedulers, lr_curve, param_groups, register_optimizer, register_scheduler)
     from hubft.tasks import Task, get_task, list_tasks, register_task
     from hubft.train.finetune import PREEMPTED_EXIT_CODE, FinetuneResult, Finetuner, finetune
     from hubft.train.hub_checkpoints import CheckpointPusher, download_checkpoint
+    from hubft.train.lr_find import lr_find
     from hubft.train.lr_preview import lr_curve_for_config
     from hubft.train.parts import RunParts
 
@@ -85,7 +89,7 @@ __all__ = [
     "create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained",
     "create_loss", "list_losses", "register_loss",
     "param_groups", "format_param_groups", "create_optimizer", "list_optimizers", "register_optimizer",
-    "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve", "lr_curve_for_config",
+    "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve", "lr_curve_for_config", "find_lr", "lr_find",
     "load_data", "create_transforms",
     "Task", "get_task", "list_tasks", "register_task",
     "finetune", "Finetuner", "FinetuneResult", "PREEMPTED_EXIT_CODE", "RunParts",

@@ -1,7 +1,7 @@
 """The ``hubft`` command.
 
-Sub-commands: ``finetune``, ``push``, ``pull``, ``plot-lr``, ``config`` and ``hub serve``. Every ``--section.field``
-flag of ``finetune`` / ``plot-lr`` / ``config`` is generated from :class:`hubft.FinetuneConfig`, so flags and config
+Sub-commands: ``finetune``, ``push``, ``pull``, ``plot-lr``, ``lr-find``, ``config`` and ``hub serve``. Every ``--section.field``
+flag of ``finetune`` / ``plot-lr`` / ``lr-find`` / ``config`` is generated from :class:`hubft.FinetuneConfig`, so flags and config
 fields cannot drift apart.
 
 Exit codes: 0 success; 1 an unexpected internal error; 2 bad input (config, data, model, Hub, checkpoint: a
@@ -118,6 +118,37 @@ def _cmd_plot_lr(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_lr_find(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.train.lr_find import lr_find, suggested_config
+
+    sub = argparse.ArgumentParser(prog="hubft lr-find", allow_abbrev=False)
+    add_config_flags(sub)
+    ns = _strict_parse(sub, rest)
+    config = load_config(ns.config, _overrides(ns))
+    result = lr_find(config, start=args.start, end=args.end, num_steps=args.num_steps, output_dir=args.output_dir)
+    out = Path(args.output_dir) if args.output_dir else Path(config.train.output_dir) / "lr-find"
+    if not _is_main_process():
+        return 0
+    shown = {"steepest": result.steepest, "valley": result.valley}
+    print("hubft: lr-find: " + ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} -" for k, v in shown.items())
+          + f" (optim.lr; {len(result.lrs)} steps{', stopped when the loss diverged' if result.stopped_early else ''})"
+          + f"; curve in {out / 'lr_find.png'} and {out / 'lr_find.csv'}")
+    if args.write:
+        import yaml
+
+        from hubft.files import atomic_write_text
+
+        new, diff = suggested_config(config, result)
+        atomic_write_text(out / "config.lr-find.yaml", yaml.safe_dump(config_to_dict(new), sort_keys=False))
+        print(diff, end="")
+        print(f"hubft: wrote {out / 'config.lr-find.yaml'}")
+    return 0
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
     import yaml
 
@@ -168,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optimizer updates per epoch to assume (the data is not loaded).")
     s.set_defaults(func=_cmd_plot_lr)
 
+    s = sub.add_parser("lr-find", help="LR range test of a config: sweep the LR of every parameter group (keeping "
+                                       "their ratios), suggest one, plot the loss curve.")
+    # --start-lr too: under torchrun, whose own --start-method makes --start ambiguous for its parser.
+    s.add_argument("--start", "--start-lr", dest="start", type=float, default=1e-7, help="First optim.lr of the sweep.")
+    s.add_argument("--end", "--end-lr", dest="end", type=float, default=10.0, help="Last optim.lr of the sweep.")
+    s.add_argument("--num-steps", type=int, default=100, help="Updates in the sweep (at most).")
+    s.add_argument("-o", "--output-dir", default=None,
+                   help="Where the curve goes (default: <train.output_dir>/lr-find).")
+    s.add_argument("--write", action="store_true",
+                   help="Write config.lr-find.yaml with the suggested optim.lr (and head_lr, same ratio); print the diff.")
+    s.set_defaults(func=_cmd_lr_find)
+
     s = sub.add_parser("config", help="Print the resolved config (defaults + YAML + flags).")
     s.set_defaults(func=_cmd_config)
 
@@ -200,7 +243,7 @@ def _run(argv: Sequence[str] | None) -> int:
         args, rest = parser.parse_known_args([a for a in argv if a != "--debug"])
         if args.command == "finetune" and rest in (["-h"], ["--help"]):
             parse_finetune_args(["--help"])
-        if rest and args.command not in ("finetune", "plot-lr", "config"):
+        if rest and args.command not in ("finetune", "plot-lr", "config", "lr-find"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args.func(args, rest)
     except HubftError as e:

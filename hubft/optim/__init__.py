@@ -7,9 +7,11 @@
 - :func:`create_scheduler` builds any torch LR scheduler by class name or alias, or a custom function, behind an
   optional warmup, as a :class:`Schedule` the trainer steps with ``step_update`` / ``step_epoch``.
 - :func:`lr_curve`, :func:`plot_lr_curves` and :func:`plot_all_schedules` show the LRs before training.
+- :func:`find_lr` runs an LR range test over the groups, keeping their ratios, and restores what it changed.
 """
 
 from hubft.optim._curves import lr_curve, plot_all_schedules, plot_lr_curves
+from hubft.optim._lr_find import LRFindResult, check_sweep, find_lr, steepest_lr, valley_lr
 from hubft.optim._optimizers import (
     OptimizerInfo,
     create_optimizer,
@@ -30,13 +32,16 @@ from hubft.optim._schedulers import (
 )
 
 __all__ = [
+    "LRFindResult",
     "OptimizerInfo",
     "Schedule",
     "ScheduleContext",
+    "check_sweep",
     "SchedulerInfo",
     "TORCH_SCHEDULERS",
     "create_optimizer",
     "create_scheduler",
+    "find_lr",
     "format_param_groups",
     "fused_options",
     "get_optimizer_info",
@@ -49,4 +54,6 @@ __all__ = [
     "plot_lr_curves",
     "register_optimizer",
     "register_scheduler",
+    "steepest_lr",
+    "valley_lr",
 ]

@@ -1,9 +1,13 @@
 """The schedule object the trainer steps: a torch scheduler behind an optional linear warmup.
 
-Time is explicit. The trainer tells the schedule how many optimizer updates (and epochs) have completed; the
-schedule never counts processes, micro-batches or calls, so it gives the same LRs on 1 or N processes and with any
-gradient accumulation. It must not be passed to ``accelerator.prepare``: Accelerate's ``AcceleratedScheduler``
-steps once per process.
+Time is explicit. hubft's loop tells the schedule how many optimizer updates (and epochs) have completed
+(:meth:`Schedule.step_update`, :meth:`Schedule.step_epoch`); the schedule never counts processes, micro-batches or
+calls, so it gives the same LRs on 1 or N processes and with any gradient accumulation.
+
+Code written for ``torch.optim.lr_scheduler`` (a plain loop, HF ``Trainer(optimizers=(opt, sched))``, Accelerate)
+calls :meth:`Schedule.step` instead. It follows the optimizer: a hook on the optimizer counts its updates, and
+``step()`` brings the schedule to that count. So it cannot be stepped twice for one update: a second call, or the
+once-per-process calls of a schedule passed to ``accelerator.prepare``, find no new update and change nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class Schedule:
           a warmup of whole epochs the shift is exact; otherwise the first main epoch also covers the rest of the
           epoch in which warmup ended). ``ReduceLROnPlateau`` always steps here, on ``metric``.
 
+    Code written for torch schedulers calls :meth:`step` instead, after each ``optimizer.step()`` (or each epoch):
+    it follows the optimizer's update count, so it gives the same LRs and cannot be stepped twice for one update.
+
     Create it with :func:`create_scheduler`.
 
     Attributes:
@@ -46,6 +53,7 @@ class Schedule:
         warmup_start_factor: Fraction of ``lr0`` at update 0.
         num_updates: Optimizer updates completed, as last told by :meth:`step_update`.
         num_epochs: Epochs completed, as last told by :meth:`step_epoch`.
+        updates_per_epoch: Optimizer updates per epoch, when known: where :meth:`step` closes epochs.
         needs_metric: :meth:`step_epoch` needs a validation metric (``ReduceLROnPlateau``).
     """
 
@@ -58,6 +66,7 @@ class Schedule:
         interval: Interval,
         warmup_steps: int,
         warmup_start_factor: float,
+        updates_per_epoch: int | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.name = info.name
@@ -68,7 +77,13 @@ class Schedule:
         self.warmup_start_factor = warmup_start_factor
         self.num_updates = 0
         self.num_epochs = 0
+        self.updates_per_epoch = updates_per_epoch
         self._epoch_began_at = 0  # num_updates when the current epoch began
+        # Optimizer updates seen by the hook below, and the count at the last epoch step() closed: what step() follows.
+        self._optimizer_steps = 0
+        self._updates_at_epoch_step = 0
+        self._step_count = 0  # torch schedulers' counter, which Accelerate's prepared scheduler increments
+        optimizer.register_step_post_hook(self._count_optimizer_step)
         try:
             self.main = info.scheduler_class(optimizer, **kwargs)
         except (TypeError, ValueError, KeyError) as error:
@@ -77,6 +92,45 @@ class Schedule:
                 fix=f"check the values against torch.optim.lr_scheduler.{info.scheduler_class.__name__}",
             ) from error
         self._set_lrs()
+
+    def step(self, metric: float | None = None) -> None:
+        """Step like a torch scheduler: call it after ``optimizer.step()``, per update or per epoch.
+
+        The schedule is brought to the number of updates the optimizer has made (counted by a hook on it), with the
+        same LRs :meth:`step_update` gives for that count; an epoch-interval schedule also closes each epoch those
+        updates complete (every ``updates_per_epoch`` updates, or, when that length was not given, one epoch per
+        call that follows at least one update), feeding ``metric`` to a plateau schedule. A call that finds no new
+        optimizer update changes nothing, so the schedule cannot be stepped twice for one update (a repeated call,
+        or Accelerate's prepared scheduler calling it once per process).
+
+        Raises:
+            ConfigError: A plateau schedule closes an epoch without a ``metric``.
+        """
+        updates = max(self.num_updates, self._optimizer_steps)
+        if self.interval == "step" or updates == self._updates_at_epoch_step:
+            self.step_update(updates)
+            return
+        if self.updates_per_epoch:
+            for end in range((self.num_epochs + 1) * self.updates_per_epoch, updates + 1, self.updates_per_epoch):
+                self.step_update(end)
+                self.step_epoch(self.num_epochs, metric)
+        else:
+            self.step_update(updates)
+            self.step_epoch(self.num_epochs, metric)
+        self.step_update(updates)
+        self._updates_at_epoch_step = updates
+
+    @property
+    def last_epoch(self) -> int:
+        """Steps taken in the schedule's interval, as torch schedulers count them: updates or epochs."""
+        return self.num_updates if self.interval == "step" else self.num_epochs
+
+    def get_lr(self) -> list[float]:
+        """The current LR of every group (as :meth:`get_last_lr`; torch's ``get_lr`` computes the next one)."""
+        return self.get_last_lr()
+
+    def _count_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._optimizer_steps += 1
 
     def step_update(self, num_updates: int) -> None:
         """Advance to ``num_updates`` completed optimizer updates; call after every ``optimizer.step()``.
@@ -133,6 +187,8 @@ class Schedule:
             "num_updates": self.num_updates,
             "num_epochs": self.num_epochs,
             "epoch_began_at": self._epoch_began_at,
+            "optimizer_steps": self._optimizer_steps,
+            "updates_at_epoch_step": self._updates_at_epoch_step,
             "groups": len(self.optimizer.param_groups),
             "main": self.main.state_dict(),
         }
@@ -154,6 +210,9 @@ class Schedule:
         self.warmup_start_factor = state["warmup_start_factor"]
         self.num_updates, self.num_epochs = state["num_updates"], state["num_epochs"]
         self._epoch_began_at = state["epoch_began_at"]
+        # Written before step() existed: the optimizer had made exactly the updates the schedule counted.
+        self._optimizer_steps = state.get("optimizer_steps", self.num_updates)
+        self._updates_at_epoch_step = state.get("updates_at_epoch_step", self._epoch_began_at)
         self.main.load_state_dict(state["main"])
         self._set_lrs()
 
@@ -247,7 +306,8 @@ def create_scheduler(
         interval=interval,
     )
     return Schedule(optimizer, info, info.resolve_kwargs(kwargs, context), interval=interval,
-                    warmup_steps=warmup_steps, warmup_start_factor=float(warmup_start_factor))
+                    warmup_steps=warmup_steps, warmup_start_factor=float(warmup_start_factor),
+                    updates_per_epoch=updates_per_epoch)
 
 
 def _check_count(value: Any, option: str, *, minimum: int) -> None:

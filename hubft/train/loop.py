@@ -34,7 +34,7 @@ from hubft.train.sampler import mix_seed
 from hubft.train.state import TrainState
 from hubft.train.workers import plain_worker_errors
 
-__all__ = ["StopRequest", "TrainLoop"]
+__all__ = ["StopRequest", "TrainLoop", "model_inputs", "seed_device_rng"]
 
 
 class StopRequest:
@@ -166,16 +166,8 @@ class TrainLoop:
         self._epoch_train_loss = float(acc.reduce(self._loss_sum.float(), "mean")) / max(1, s.batches_in_epoch)
 
     def _inputs_of(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's input and targets for one loaded batch: normalised, channels-last, mixed."""
-        p, s = self.parts, self.state
-        if x.dtype == torch.uint8:  # cached images arrive as uint8 and are normalised here, on the device
-            x = p.train_normalize(x)
-        if p.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if p.mixing is not None:
-            # Seeded by the step alone: every process mixes its shard with the same lam and box, as one global batch
-            # would be. From data.mixup_off_epoch on, images are kept but targets stay soft (and smoothed).
-            x, y = p.mixing(x, y, mix_seed(p.config.train.seed, 2, epoch, s.batches_in_epoch), epoch=epoch)
+        """The model's input and targets for one loaded batch (see :func:`model_inputs`), traced when asked."""
+        x, y = model_inputs(self.parts, x, y, epoch, self.state.batches_in_epoch)
         if self._inputs is not None:
             self._inputs.update(x.detach().cpu().contiguous().numpy().tobytes())
             self._inputs.update(y.detach().cpu().contiguous().numpy().tobytes())
@@ -185,7 +177,7 @@ class TrainLoop:
         """Forward and backward one batch; on an accumulation boundary, check and apply the update."""
         p, s, acc = self.parts, self.state, self.parts.accelerator
         # Dropout / drop-path draw from torch's global RNG: seed it from the position in the run.
-        _seed_device_rng(acc.device, mix_seed(p.config.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
+        seed_device_rng(acc.device, mix_seed(p.config.train.seed, 1, epoch, s.batches_in_epoch, acc.process_index))
         x, y = self._inputs_of(x, y, epoch)
         self.finite.before_forward()
         with acc.accumulate(p.model):
@@ -326,7 +318,25 @@ class TrainLoop:
                     leave=False)
 
 
-def _seed_device_rng(device: torch.device, seed: int) -> None:
+def model_inputs(parts: RunParts, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loaded training batch as the model takes it: normalised on the device, channels-last, mixed.
+
+    Mixing is seeded by ``(seed, epoch, batch)`` alone: every process mixes its shard with the same lam and box, as
+    one global batch would be. From ``data.mixup_off_epoch`` on, images are kept but targets stay soft (and
+    smoothed).
+    """
+    if x.dtype == torch.uint8:  # cached images arrive as uint8 and are normalised here, on the device
+        x = parts.train_normalize(x)
+    if parts.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if parts.mixing is not None:
+        x, y = parts.mixing(x, y, mix_seed(parts.config.train.seed, 2, epoch, batch), epoch=epoch)
+    return x, y
+
+
+def seed_device_rng(device: torch.device, seed: int) -> None:
+    """Seed the generators a model's dropout draws from on ``device``."""
     # torch.manual_seed seeds every backend's generator and costs ~70 us on CPU (it probes each lazy backend);
     # once per micro-batch that is measurable on small models. Seed what the model draws from: the CPU generator
     # and, on CUDA, the current device's.

@@ -13,7 +13,7 @@ from hubft.files import make_dir
 from hubft.tasks import Task, get_task
 from hubft.train.checkpoint import interrupted_run
 
-__all__ = ["check_run_config", "check_loss_fits_task", "check_no_batch_of_one"]
+__all__ = ["check_run_config", "check_data_source", "check_loss_fits_task", "check_no_batch_of_one"]
 
 
 def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> None:
@@ -43,13 +43,7 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
             "run there would mix its checkpoints with that run's",
             fix="continue it with --train.resume latest, or start over in another train.output_dir (or delete "
                 "its checkpoints/ folder)")
-    given = (c.data.name is not None) + (c.data.path is not None)
-    if has_dataset and given:
-        raise ConfigError("a dataset was passed in Python, so data.name and data.path must be null",
-                          fix="drop data.name / data.path, or do not pass a dataset")
-    if not has_dataset and given != 1:
-        raise ConfigError("give exactly one of data.name (a Hub dataset id) and data.path (a local folder or file)",
-                          fix="set data.name or data.path in the config, not both")
+    check_data_source(c, has_dataset=has_dataset)
     if c.hub.push or c.hub.push_checkpoints:
         from hubft.hub.repo_id import check_repo_id
 
@@ -60,6 +54,21 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
         parse_checkpoint_spec(c.train.resume)
     # Last: the one check that writes (a directory), once nothing else refuses the run.
     make_dir(out, key="train.output_dir")
+
+
+def check_data_source(config: FinetuneConfig, *, has_dataset: bool = False) -> None:
+    """Exactly one source of data: ``data.name``, ``data.path``, or a dataset passed in Python.
+
+    Raises:
+        ConfigError: None or several are given.
+    """
+    given = (config.data.name is not None) + (config.data.path is not None)
+    if has_dataset and given:
+        raise ConfigError("a dataset was passed in Python, so data.name and data.path must be null",
+                          fix="drop data.name / data.path, or do not pass a dataset")
+    if not has_dataset and given != 1:
+        raise ConfigError("give exactly one of data.name (a Hub dataset id) and data.path (a local folder or file)",
+                          fix="set data.name or data.path in the config, not both")
 
 
 # How a loss's target kind reads in an error (see hubft.losses.LossInfo.target).

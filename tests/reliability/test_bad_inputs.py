@@ -156,6 +156,8 @@ CASES = {
                               "is not a directory", command="pull"),
     "plot-under-a-file": Case("`hubft plot-lr -o` under a regular file", ["-o", "<a_file>/lr.png"],
                               "is a file, not a directory", command="plot-lr"),
+    "lr-find-range": Case("`hubft lr-find` with a start above its end", ["--start", "1", "--end", "0.1"],
+                          "start=1.0 and end=0.1 must be numbers with 0 < start < end", command="lr-find"),
     "hub-root-under-a-file": Case("`hubft hub serve --root` under a regular file",
                                   ["serve", "--root", "<a_file>/hub"], "is not a directory", command="hub"),
 }
