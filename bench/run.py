@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from bench._timing import Row  # noqa: E402
 
-BENCHES = ("train", "pipeline", "hub", "tta", "hardware")
+BENCHES = ("train", "pipeline", "hub", "tta", "hardware", "inference")
 
 
 def machine(device: torch.device) -> dict:

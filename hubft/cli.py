@@ -1,6 +1,7 @@
 """The ``hubft`` command.
 
-Sub-commands: ``finetune``, ``push``, ``pull``, ``plot-lr``, ``lr-find``, ``config`` and ``hub serve``. Every ``--section.field``
+Sub-commands: ``finetune``, ``push``, ``pull``, ``eval``, ``predict``, ``export``, ``plot-lr``, ``lr-find``,
+``config`` and ``hub serve``. Every ``--section.field``
 flag of ``finetune`` / ``plot-lr`` / ``lr-find`` / ``config`` is generated from :class:`hubft.FinetuneConfig`, so flags and config
 fields cannot drift apart.
 
@@ -145,6 +146,83 @@ def _cmd_lr_find(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, help in (("--data.name", "Hub dataset id"), ("--data.path", "local image folder, CSV or parquet file"),
+                       ("--data.eval_split", "the split (default: validation / valid / val / eval / test, else train)"),
+                       ("--data.revision", "Hub dataset revision"), ("--data.image_column", "image column"),
+                       ("--data.label_column", "label column"),
+                       ("--data.classes", "keep only these classes, e.g. '[cat, dog]' (eval)")):
+        parser.add_argument(flag, dest=flag.removeprefix("--").replace(".", "_"), default=None, help=help + ".")
+    parser.add_argument("--tta", default=None, help="Test-time augmentation: hflip, multiscale or both "
+                                                    "(hflip,multiscale); the logits are averaged. Off by default.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Images per forward pass.")
+    parser.add_argument("--revision", default=None, help="Revision of a Hub model.")
+
+
+def _cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.inference import evaluate_model, load_inference_model, push_eval_results
+
+    model = load_inference_model(args.model, revision=args.revision)
+    report = evaluate_model(model, name=args.data_name, path=args.data_path, split=args.data_eval_split,
+                            revision=args.data_revision, image_column=args.data_image_column,
+                            label_column=args.data_label_column, batch_size=args.batch_size, tta=args.tta,
+                            classes=_yaml_list(args.data_classes, "--data.classes"), output_dir=args.output_dir)
+    shown = [m for m in model.task.card_metrics if isinstance(report.metrics.get(m.key), (int, float))]
+    width = max([len(m.name) for m in shown] + [len("examples")])
+    where = report.dataset.get("dataset") or "the dataset"
+    print(f"hubft: {model.spec} on {where} (split {report.dataset.get('eval_split')})")
+    for m in shown:
+        print(f"  {m.name:<{width}}  {report.metrics[m.key]:.4f}")
+    print(f"  {'examples':<{width}}  {report.metrics.get('num_samples')}")
+    if args.output_dir:
+        print(f"hubft: wrote {Path(args.output_dir) / 'metrics.json'}")
+    if args.push or args.create_pr:
+        repo_id = args.repo_id or model.repo_id
+        if repo_id is None:
+            raise HubftError(f"--push needs the model's Hub repo, and {model.spec!r} is not one",
+                             fix="name the model as owner/name (or hf-hub:owner/name), or pass --repo-id")
+        print(f"hubft: results pushed: {push_eval_results(report, repo_id, create_pr=args.create_pr)}")
+    return 0
+
+
+def _yaml_list(value: str | None, flag: str) -> list | None:
+    import yaml
+
+    if value is None:
+        return None
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = None
+    if not isinstance(parsed, list):
+        raise HubftError(f"{flag} {value!r} is not a list", fix=f"write it as YAML, e.g. {flag} '[cat, dog]'")
+    return parsed
+
+
+def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.inference import predict, write_predictions
+
+    write_predictions([], args.output, check_only=True)  # a bad --output fails before the images are run
+    rows = predict(args.model, args.inputs, name=args.data_name, path=args.data_path, split=args.data_eval_split,
+                   top_k=args.top_k, batch_size=args.batch_size, tta=args.tta)
+    text = write_predictions(rows, args.output)
+    if text is not None:
+        print(text, end="")
+    else:
+        print(f"hubft: wrote {len(rows)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.inference import ONNX_TOLERANCE, export_onnx
+
+    report = export_onnx(args.model, args.output, opset=args.opset)
+    diffs = ", ".join(f"batch {b}: {d:.2g}" for b, d in report.max_abs_diff.items())
+    print(f"hubft: wrote {report.path}; onnxruntime vs torch, max abs difference {diffs} (tolerance "
+          f"{ONNX_TOLERANCE:g})")
+    return 0
+
+
 def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -172,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubft", description="Fine-tune image backbones from the Hub and share them.")
     p.add_argument("--debug", action="store_true", help="Show tracebacks on errors.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
+    _add_inference_commands(sub)
+    _add_hub_commands(sub)
+    return p
 
+
+def _add_training_commands(sub) -> None:
     s = sub.add_parser("finetune", help="Fine-tune a backbone: --config FILE [--section.field VALUE ...]",
                        add_help=False)
     s.set_defaults(func=_cmd_finetune)
@@ -214,6 +298,36 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("config", help="Print the resolved config (defaults + YAML + flags).")
     s.set_defaults(func=_cmd_config)
 
+
+def _add_inference_commands(sub) -> None:
+    s = sub.add_parser("eval", help="Evaluate a trained model on a dataset split: metrics.json, a table, and "
+                                    "with --push the results in its model card.")
+    s.add_argument("model", help="hf-hub:owner/name, owner/name, local-dir:PATH or a run directory.")
+    _add_data_flags(s)
+    s.add_argument("-o", "--output-dir", default=None, help="Write metrics.json and confusion_matrix.png here.")
+    s.add_argument("--push", action="store_true", help="Add the results to the model card's model-index (a pull "
+                                                         "request when the token may not write to the repo).")
+    s.add_argument("--create-pr", action="store_true", help="Push the results as a pull request.")
+    s.add_argument("--repo-id", default=None, help="The repo whose card gets the results (default: the model's).")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("predict", help="Top-k labels of images (files, folders, globs) or of a dataset split.")
+    s.add_argument("model", help="hf-hub:owner/name, owner/name, local-dir:PATH or a run directory.")
+    s.add_argument("inputs", nargs="*", help="Image files, folders (searched recursively) or glob patterns.")
+    _add_data_flags(s)
+    s.add_argument("--top-k", type=int, default=5, help="Labels per image.")
+    s.add_argument("-o", "--output", default=None, help="out.jsonl or out.csv (default: JSON lines on stdout).")
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("export", help="Export a trained model to ONNX (checked against torch with onnxruntime).")
+    s.add_argument("model", help="hf-hub:owner/name, owner/name, local-dir:PATH or a run directory.")
+    s.add_argument("--format", choices=["onnx"], default="onnx", help="Only onnx for now.")
+    s.add_argument("-o", "--output", default="model.onnx", help="Where the file goes.")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
+    s.set_defaults(func=_cmd_export)
+
+
+def _add_hub_commands(sub) -> None:
     hub = sub.add_parser("hub", help="A local Hub-compatible server.")
     hub_sub = hub.add_subparsers(dest="hub_command", required=True)
     s = hub_sub.add_parser("serve", help="Serve a local Hub from a directory.")
@@ -221,7 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=_cmd_hub_serve)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@
 #   4. `accelerate launch recipes/finetune.py --config recipes/configs/digits.yaml`: pull backbone and data from
 #      the Hub, keep digits 5-9 with 10 labelled images each, new head, fine-tune, push with a model card
 #   5. load the pushed model with plain timm and compare its held-out accuracy with a from-scratch baseline
+#   6. `hubft eval` and `hubft predict` on the pushed model, as its users would run them
 import os
 import socket
 import subprocess
@@ -96,3 +97,15 @@ with LocalHub(OUT / "hub", port=port, user="hubft-demo") as hub:
     print(f"plots: {', '.join(str(p) for p in sorted((OUT / 'digits-5-9').glob('*.png')))}")
     if accuracy <= baseline.final["accuracy"]:
         sys.exit("demo: the fine-tuned model did not beat the from-scratch baseline")
+
+    # 6. After training: the pushed model scored and run with hubft's own commands, by its repo id.
+    banner("6. hubft eval / hubft predict on hubft-demo/digits-5-9")
+    samples = OUT / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    for i in keep[:6]:
+        test[i]["image"].save(samples / f"test-{i}-digit-{test[i]['label']}.png")
+    hubft_cli = [sys.executable, "-m", "hubft.cli"]
+    subprocess.run([*hubft_cli, "eval", "hubft-demo/digits-5-9", "--data.name", "hubft-demo/optdigits",
+                    "--data.eval_split", "test", "--data.classes", "[5, 6, 7, 8, 9]", "-o", str(OUT / "eval")],
+                   check=True)
+    subprocess.run([*hubft_cli, "predict", "hubft-demo/digits-5-9", str(samples), "--top-k", "2"], check=True)

@@ -24,7 +24,7 @@ LAYERS = [
     {"models", "data", "losses", "optim"},
     {"tasks"},
     {"hub"},
-    {"train"},
+    {"train", "inference"},
     {"cli", "testing"},
     {"__init__"},
 ]

@@ -1,5 +1,6 @@
 """Data: load image-classification datasets, derive transforms from the model, feed torch.
 
+- :func:`load_split` reads one split whole, for evaluation or prediction.
 - :func:`load_data` reads a Hub dataset, an image folder, a CSV/parquet of image paths or a ``datasets`` object
   into a :class:`DataBundle` (train/eval splits with one label vocabulary).
 - :func:`create_transforms` builds the train/eval transform from a model's ``pretrained_cfg`` (timm).
@@ -12,19 +13,21 @@
 from hubft.data._digits import load_digits_dataset
 from hubft.data._dataset import ImageClassificationDataset, preserve_global_rngs
 from hubft.data._hosts import disable_datasets_extra_hosts
-from hubft.data._sources import DataBundle, DataSource, load_data
+from hubft.data._sources import DataBundle, DataSource, DataSplit, load_data, load_split
 from hubft.data._synthetic import make_synthetic_image_dataset, synthetic_class_names, write_image_folder
 from hubft.data._transforms import ImageTransform, create_transforms, to_rgb
 
 __all__ = [
     "DataBundle",
     "DataSource",
+    "DataSplit",
     "ImageClassificationDataset",
     "ImageTransform",
     "create_transforms",
     "disable_datasets_extra_hosts",
     "load_data",
     "load_digits_dataset",
+    "load_split",
     "make_synthetic_image_dataset",
     "preserve_global_rngs",
     "synthetic_class_names",

@@ -18,7 +18,7 @@ from hubft.data._hosts import disable_datasets_extra_hosts
 from hubft.data._labels import apply_labels, cap_per_class, carve_eval, encode_labels, select_classes
 from hubft.errors import ConfigError, DataError, HubError
 
-__all__ = ["DataBundle", "DataSource", "load_data"]
+__all__ = ["DataBundle", "DataSource", "DataSplit", "load_data", "load_split"]
 
 # Tried in order when eval_split is not given. "test" is deliberately absent: choosing checkpoints on the test
 # split would leak it, so without a validation split an eval split is carved out of train instead.
@@ -310,3 +310,77 @@ def load_data(
         num_eval=len(evaluation),
     )
     return DataBundle(train, evaluation, label_names, image_column, label_column, multi_label, source)
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """One split of a dataset, for evaluating or running a trained model (:func:`load_split`).
+
+    Attributes:
+        data: The rows: ``image_column`` (a decoding ``datasets.Image``) and, when labels were asked for,
+            ``label_column`` (encoded over ``label_names``, lists of them when ``multi_label``).
+        image_column: The image column.
+        label_column: The label column, or None when labels were not asked for.
+        label_names: The dataset's label vocabulary (empty without labels).
+        multi_label: Whether each row has a list of labels.
+        source: Where the rows came from (``eval_split`` names the split).
+    """
+
+    data: datasets.Dataset
+    image_column: str
+    label_column: str | None
+    label_names: list[str]
+    multi_label: bool
+    source: DataSource
+
+
+def load_split(
+    *,
+    name: str | None = None,
+    path: str | Path | None = None,
+    dataset: datasets.Dataset | datasets.DatasetDict | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    labels: bool = True,
+) -> DataSplit:
+    """One split of a dataset, whole, for evaluation or prediction (nothing is carved out or capped).
+
+    The sources and column detection are :func:`load_data`'s. The split is ``split``; by default the first of
+    ``validation``, ``valid``, ``val``, ``eval`` and ``test`` that exists, else ``train`` (an image folder without
+    split folders is all ``train``).
+
+    Args:
+        labels: Find and encode the label column (evaluation); False reads only the images (prediction).
+
+    Raises:
+        ConfigError: Not exactly one source, or ``revision`` without ``name``.
+        DataError: The split, the image column or (with ``labels``) the label column is missing, or the split is
+            empty; as :func:`load_data` for the source itself.
+        HubError: The Hub could not be reached, or refused.
+    """
+    _check_options(name, path, dataset, revision, 0.2, None, 0)
+    loaded, kind, origin, revision_sha, base_dir = _read_source(name, path, dataset, revision, split or "train")
+    available = list(loaded)
+    if split is None:
+        split = next((s for s in (*EVAL_SPLIT_NAMES, "test", "train") if s in available), available[0])
+    elif split not in available:
+        raise DataError(f"split {split!r} not found; the splits are: {available}",
+                        fix="pass one of those splits (--data.eval_split)")
+    data = loaded[split]
+    image_column = find_image_column(data.features, image_column)
+    columns = [image_column]
+    if labels:
+        label_column = find_label_column(data.features, label_column, image_column)
+        columns.append(label_column)
+    check_columns(split, data, columns)
+    _check_not_empty(split, data, "")
+    data = as_image_column(data.select_columns(columns), image_column, base_dir, split)
+    names, multi_label = [], False
+    if labels:
+        names, multi_label, encoded = encode_labels({split: data}, label_column)
+        data = apply_labels(data, label_column, encoded[split], names, multi_label)
+    source = DataSource(kind=kind, dataset=origin, revision=revision, revision_sha=revision_sha, train_split=split,
+                        eval_split=split, eval_fraction=None, num_train=0, num_eval=len(data))
+    return DataSplit(data, image_column, label_column if labels else None, names, multi_label, source)

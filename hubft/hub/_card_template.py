@@ -38,8 +38,23 @@ model = hubft.from_pretrained("hf-hub:{{ repo_id }}").eval()
 new = hubft.create_model("hf-hub:{{ repo_id }}", label_names=["cat", "dog"])  # a new head for other labels
 ```
 
+With transformers (`TimmWrapper`; the labels are in `model.config.id2label`):
+
+```python
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+model = AutoModelForImageClassification.from_pretrained("{{ repo_id }}").eval()
+processor = AutoImageProcessor.from_pretrained("{{ repo_id }}")
+logits = model(**processor(image, return_tensors="pt")).logits
+classify = pipeline("{{ pipeline_tag }}", model="{{ repo_id }}")  # classify(image): labels and scores
+```
+
+From the command line:
+
 ```bash
 hubft pull {{ repo_id }} -o ./model
+hubft predict {{ repo_id }} photos/ --top-k 3 -o predictions.jsonl
+hubft eval {{ repo_id }} --data.name <owner/dataset>
 hubft finetune --model.name hf-hub:{{ repo_id }} --data.name <owner/dataset>
 ```
 

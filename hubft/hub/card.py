@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
     from hubft.tasks import Task
 
-__all__ = ["PLOTS", "model_card_data", "render_model_card", "validate_model_card", "write_model_card"]
+__all__ = ["PLOTS", "eval_results_for", "model_card_data", "render_model_card", "validate_model_card",
+           "write_model_card"]
 
 PLOTS = {
     "lr_curve.png": "Learning rate of every parameter group per optimizer update",
@@ -155,17 +156,11 @@ def model_card_data(output_dir: str | os.PathLike, *, repo_id: str | None = None
 
 
 def _card_data(run: _Run, *, repo_id: str | None, license: str | None, token: str | bool | None) -> ModelCardData:
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import ModelCardData
 
-    ds, final, task = run.dataset, run.metrics.get("final") or {}, run.task
-    dataset_id, dataset_type, dataset_name = _dataset_names(ds)
-    eval_results = [
-        EvalResult(task_type=task.pipeline_tag, task_name=task.title, dataset_type=dataset_type,
-                   dataset_name=dataset_name.replace("`", ""), dataset_split=_eval_split(ds),
-                   dataset_revision=ds.get("revision_sha") or ds.get("revision"), metric_type=m.metric_type,
-                   metric_name=m.name, metric_value=round(float(final[m.key]), 6), metric_args=dict(m.args) or None)
-        for m in task.card_metrics if isinstance(final.get(m.key), (int, float))
-    ]
+    ds, task = run.dataset, run.task
+    dataset_id, _, _ = _dataset_names(ds)
+    eval_results = eval_results_for(task, ds, run.metrics.get("final") or {})
     tags = [*_TAGS, *task.tags]
     license = license or (run.config.get("hub") or {}).get("license") or _base_model_license(run.base, token)
     return ModelCardData(
@@ -174,6 +169,27 @@ def _card_data(run: _Run, *, repo_id: str | None, license: str | None, token: st
         metrics=sorted({r.metric_type for r in eval_results}) or None,
         model_name=(repo_id or "model").split("/")[-1], eval_results=eval_results or None,
     )
+
+
+def eval_results_for(task: Task, dataset: dict, metrics: dict) -> list:
+    """The ``model-index`` results (``huggingface_hub.EvalResult``) of ``metrics`` measured on ``dataset``.
+
+    Args:
+        task: The task (as it applies to the data) whose :attr:`~hubft.tasks.Task.card_metrics` are published.
+        dataset: A :class:`~hubft.data.DataSource` as a dict: where the metrics were measured.
+        metrics: The task's metrics; those missing or not numbers are left out.
+    """
+    from huggingface_hub import EvalResult
+
+    _, dataset_type, dataset_name = _dataset_names(dataset)
+    return [
+        EvalResult(task_type=task.pipeline_tag, task_name=task.title, dataset_type=dataset_type,
+                   dataset_name=dataset_name.replace("`", ""), dataset_split=_eval_split(dataset),
+                   dataset_revision=dataset.get("revision_sha") or dataset.get("revision"),
+                   metric_type=m.metric_type, metric_name=m.name, metric_value=round(float(metrics[m.key]), 6),
+                   metric_args=dict(m.args) or None)
+        for m in task.card_metrics if isinstance(metrics.get(m.key), (int, float))
+    ]
 
 
 def _fmt(value: Any) -> str:

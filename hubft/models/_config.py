@@ -120,9 +120,18 @@ def write_config(model: nn.Module, path: Path, *, label_names: Sequence[str] | N
         model_config["label_names"] = names
     if names or model.pretrained_cfg.get("label_names"):
         model_config["pretrained_cfg"] = {"label_names": names}
+    def write(tmp: str) -> None:
+        save_config_for_hf(model, tmp, model_config=model_config)
+        # timm records num_classes in model_args too; transformers' TimmWrapper passes model_args and its own
+        # num_classes to timm, and fails on the duplicate. The top-level num_classes is what timm builds with.
+        written = json.loads(Path(tmp).read_text())
+        if isinstance(written.get("model_args"), dict):
+            written["model_args"].pop("num_classes", None)
+        Path(tmp).write_text(json.dumps(written, indent=2))
+
     try:
         json.dumps(model_config)
-        atomic_write(path, lambda tmp: save_config_for_hf(model, tmp, model_config=model_config))
+        atomic_write(path, write)
     except (TypeError, ValueError) as err:
         raise ModelError(f"cannot write {str(path)!r}: {err}",
                          fix="create the model with JSON-serialisable arguments (strings, numbers, lists)") from None

@@ -138,6 +138,9 @@ def create_model(
         "head_init_seed": None if keep else head_init_seed,
         "base": (config.hubft or {}).get("source") if config else None,
     }
+    task = (config.hubft or {}).get("task") if config else None
+    if keep and isinstance(task, dict):  # the saved head still does what it was fine-tuned for
+        model.hubft_task = task
     return model
 
 

@@ -24,7 +24,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     ``model.safetensors`` holds the full state dict (CPU, contiguous, ``metadata={"format": "pt"}``).
     ``config.json`` is timm's format (``architecture``, ``num_classes``, ``num_features``, ``global_pool``,
     ``label_names``, ``model_args``, ``pretrained_cfg`` with timm's fields only), plus a top-level ``hubft`` block
-    (``format``, ``hubft_version``, and ``source``: the model's ``hubft_source``). Each file is written to a
+    (``format``, ``hubft_version``, ``source``: the model's ``hubft_source``, and ``task``: its ``hubft_task``, the
+    task it was fine-tuned for, when a run set one). The same file loads with transformers' ``TimmWrapper``
+    (``AutoModelForImageClassification``), which is why ``model_args`` holds no ``num_classes``. Each file is written to a
     temporary file in ``directory`` and moved into place, so a crash never leaves a half-written file; other
     files in ``directory`` are left alone.
 
@@ -65,6 +67,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
         "format": 1,
         "hubft_version": _hubft_version(),
         "source": getattr(model, "hubft_source", None),
+        "task": getattr(model, "hubft_task", None),
     })
     return directory
 

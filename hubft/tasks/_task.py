@@ -60,6 +60,7 @@ class Task:
         card_metrics: The eval metrics published as ``model-index`` results, in order.
         per_class: ``(metrics key, table title, column name)`` of the card's per-label table, if any.
         summary: What the model is, in the card's first line ("image classifier").
+        activation: How an output becomes probabilities: ``"softmax"`` over the labels or ``"sigmoid"`` per label.
         tags: Card tags besides ``hubft`` and ``timm``.
         multi_label: The record for multi-label data, when the task takes it; None refuses such data.
     """
@@ -81,6 +82,7 @@ class Task:
     batch_mixing: bool = False
     per_class: tuple[str, str, str] | None = None
     tags: tuple[str, ...] = ()
+    activation: str = "softmax"
     multi_label: Task | None = None
 
     def for_labels(self, multi_label: bool) -> Task:
@@ -107,6 +109,10 @@ class Task:
             raise DataError(f"the data has {len(names)} class(es) {names}: task {self.name!r} needs at least "
                             f"{self.min_labels}",
                             fix="add examples of another class, or check data.classes and data.label_column")
+
+    def probabilities(self, outputs: Any) -> Any:
+        """``outputs`` (``[N, C]`` logits) as probabilities, by :attr:`activation`."""
+        return outputs.sigmoid() if self.activation == "sigmoid" else outputs.softmax(dim=-1)
 
     def is_better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` of :attr:`primary_metric` beats ``best`` (None: nothing to beat)."""

@@ -47,6 +47,7 @@ _MULTI_LABEL = Task(
     per_class=("per_class_ap", "Per-class average precision", "AP"),
     summary="multi-label image classifier",
     tags=("image-classification", "multi-label"),
+    activation="sigmoid",
 )
 
 IMAGE_CLASSIFICATION = register_task(Task(

@@ -9,29 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hubft.tasks.plots import plot_confusion_matrix, pyplot
+
 if TYPE_CHECKING:
     from hubft.train.parts import RunParts
 
 __all__ = ["plot_lr_of_run", "plot_run"]
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("hubft: matplotlib is not installed (pip install 'hubft[plots]'); skipping plots", flush=True)
-        return None
-    return plt
-
-
 def plot_lr_of_run(parts: "RunParts", out_dir: Path) -> None:
     """Write ``lr_curve.png`` / ``lr_curve.csv``: each group's LR at every update, computed without training."""
     from hubft.optim import plot_lr_curves
 
-    if _pyplot() is None:
+    if pyplot() is None:
         return
     curves = lr_curve_for(parts.optimizer, parts.config, parts.updates_per_epoch, parts.total_updates,
                           list(parts.group_names))
@@ -53,7 +43,7 @@ def lr_curve_for(optimizer, config, updates_per_epoch: int, total_updates: int, 
 def plot_run(out_dir: Path, log: list[dict], metrics: dict, label_names: list[str], metric_keys: list[str]) -> None:
     """Write ``loss_curve.png`` (train loss per logged update, the ``metric_keys`` per epoch) and, when the final
     metrics hold one, ``confusion_matrix.png``."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return
     steps = [r for r in log if r.get("type") == "step"]
@@ -76,17 +66,4 @@ def plot_run(out_dir: Path, log: list[dict], metrics: dict, label_names: list[st
 
     cm = (metrics.get("final") or {}).get("confusion_matrix")
     if cm:
-        n = len(cm)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1 + 0.45 * n))
-        ax.imshow(cm, cmap="Blues")
-        ax.set_xticks(range(n), label_names, rotation=90)
-        ax.set_yticks(range(n), label_names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(cm[i][j]), ha="center", va="center", fontsize=7)
-        ax.set_title("confusion matrix (eval)")
-        fig.tight_layout()
-        fig.savefig(out_dir / "confusion_matrix.png", dpi=100)
-        plt.close(fig)
+        plot_confusion_matrix(cm, label_names, out_dir / "confusion_matrix.png")

@@ -141,6 +141,8 @@ def create_run_model(config: FinetuneConfig, data: DataBundle, task: Task) -> tu
         size = config.data.image_size
         model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, size, size)}
         model.pretrained_cfg.pop("test_input_size", None)
+    # What the model is for, written into its config.json (hubft eval / predict read it back).
+    model.hubft_task = {"name": task.name, "multi_label": data.multi_label}
     if m.frozen.frozen:
         freeze(model, stages=m.frozen.stages)
     channels_last = _use_channels_last(model, config.train.channels_last)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -158,6 +159,22 @@ CASES = {
                               "is a file, not a directory", command="plot-lr"),
     "lr-find-range": Case("`hubft lr-find` with a start above its end", ["--start", "1", "--end", "0.1"],
                           "start=1.0 and end=0.1 must be numbers with 0 < start < end", command="lr-find"),
+    # -- after training: eval, predict, export
+    "eval-no-such-model": Case("`hubft eval` of a model directory that does not exist",
+                               ["local-dir:<missing>", "--data.path", "<images>"], "nope.yaml", command="eval"),
+    "eval-labels-unknown": Case("`hubft eval` on data with labels the model does not know",
+                                ["<good_model>", "--data.path", "<images>"], "does not know", command="eval"),
+    "eval-without-labels": Case("`hubft eval` on data without a label column",
+                                ["<good_model>", "--data.path", "<no_labels>"], "label column", command="eval"),
+    "predict-undecodable": Case("`hubft predict` of an image file that does not decode",
+                                ["<good_model>", "<bad_image>"], "cannot decode the image", command="predict"),
+    "predict-nothing-there": Case("`hubft predict` of a path that does not exist", ["<good_model>", "<missing>"],
+                                  "is no file, folder or glob pattern", command="predict"),
+    "predict-output-type": Case("`hubft predict -o` with a file type it cannot write",
+                                ["<good_model>", "<images>", "-o", "<run>/predictions.txt"], ".jsonl or .csv",
+                                command="predict"),
+    "export-under-a-file": Case("`hubft export -o` under a regular file", ["<good_model>", "-o", "<a_file>/m.onnx"],
+                                "is a file, not a directory", command="export"),
     "hub-root-under-a-file": Case("`hubft hub serve --root` under a regular file",
                                   ["serve", "--root", "<a_file>/hub"], "is not a directory", command="hub"),
 }
@@ -188,7 +205,9 @@ def inputs(tmp_path_factory, images) -> dict:
     (one_bad / "class_1" / "3.png").write_bytes(b"this is not a png")
     cut = write_image_folder(root / "cut_short_jpeg", num_classes=3, per_class=8, size=16)
     photo = io.BytesIO()
-    Image.effect_noise((64, 64), 64).convert("RGB").save(photo, "JPEG")  # 64 px: the cut lands in the pixels
+    # Seeded noise (PIL's effect_noise is not): the decoder's message counts the bytes left, and docs/errors.md shows it.
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(photo, "JPEG")  # 64 px: the cut lands in the pixels
     for i in range(0, 8, 2):  # enough that the train split holds some whatever the split
         (cut / "class_0" / f"{i}.png").unlink()
         (cut / "class_0" / f"{i}.jpg").write_bytes(photo.getvalue()[: len(photo.getvalue()) // 2])
@@ -204,8 +223,10 @@ def inputs(tmp_path_factory, images) -> dict:
     weights.write_bytes(weights.read_bytes()[:1000])
     (root / "pickled" / "model.safetensors").unlink()
     torch.save(model.state_dict(), root / "pickled" / "pytorch_model.bin")
+    hubft.save_pretrained(model, root / "good_model")  # labels a, b: the images' classes are class_0..2
+    datasets.Dataset.from_dict({"image": files}).to_parquet(str(root / "no_labels.parquet"))
     return {"missing": root / "nope.yaml", "out_of_range": root / "out_of_range.parquet",
-            **{p.stem: p for p in root.iterdir()}}
+            "no_labels": root / "no_labels.parquet", "images": images, **{p.stem: p for p in root.iterdir()}}
 
 
 def _copy_run(src: Path, dst: Path) -> None:
