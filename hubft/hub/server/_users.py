@@ -153,6 +153,7 @@ def users_file_tokens(path: str | os.PathLike) -> TokenTable:
             tokens loaded last stay in force.
     """
     path = Path(path)
+    load_team(path)  # a missing or invalid file is refused here, with its reason
 
     def stamp() -> object:
         stat = path.stat()
