@@ -163,8 +163,19 @@ def _cmd_hub_fsck(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_hub_mirror(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.hub.mirror import mirror
+
+    result = mirror(args.repo_id, args.source, args.dest, repo_type=args.repo_type,
+                    source_token=args.from_token or os.environ.get("HUBFT_MIRROR_FROM_TOKEN"),
+                    dest_token=args.to_token or os.environ.get("HUBFT_MIRROR_TO_TOKEN"))
+    print(f"hubft: mirrored {args.repo_id} from {args.source} to {args.dest}: {len(result.branches)} branch(es), "
+          f"{len(result.tags)} tag(s), {result.downloaded} file(s) downloaded, {result.commits} commit(s) made")
+    return 0
+
+
 def _add_hub_commands(sub: argparse._SubParsersAction) -> None:
-    """The ``hub`` group: serve a local Hub, manage its tokens, check its storage."""
+    """The ``hub`` group: serve a local Hub, manage its tokens, check its storage, mirror repos into it."""
     hub = sub.add_parser("hub", help="A local Hub-compatible server, for tests or a team without internet access.")
     hub_sub = hub.add_subparsers(dest="hub_command", required=True)
     s = hub_sub.add_parser("serve", help="Serve a local Hub from a directory.")
@@ -190,6 +201,15 @@ def _add_hub_commands(sub: argparse._SubParsersAction) -> None:
     s = hub_sub.add_parser("fsck", help="Check a hub root: every object's sha256, every ref, commit and file.")
     s.add_argument("--root", required=True)
     s.set_defaults(func=_cmd_hub_fsck)
+
+    s = hub_sub.add_parser("mirror", help="Copy a repo (all branches and tags, LFS included) between hubs/bundles.")
+    s.add_argument("repo_id")
+    s.add_argument("--from", dest="source", required=True, help="A Hub URL, or a bundle folder.")
+    s.add_argument("--to", dest="dest", required=True, help="A Hub URL, or a bundle folder (created if missing).")
+    s.add_argument("--repo-type", default="model", help="model or dataset.")
+    s.add_argument("--from-token", default=None, help="Token for --from (default: $HUBFT_MIRROR_FROM_TOKEN).")
+    s.add_argument("--to-token", default=None, help="Token for --to (default: $HUBFT_MIRROR_TO_TOKEN).")
+    s.set_defaults(func=_cmd_hub_mirror)
 
 
 def build_parser() -> argparse.ArgumentParser:

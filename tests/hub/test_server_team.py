@@ -117,6 +117,11 @@ def test_bad_input_to_the_hub_commands_is_one_line_with_a_fix_and_exit_code_2(tm
         ("hub", "token", "add", "--users", str(tmp_path / "u.yaml"), "--user", "not a name", "--name", "x"),
         ("hub", "token", "revoke", "--users", str(tmp_path / "bad.yaml"), "--user", "a", "--name", "x"),
         ("hub", "fsck", "--root", str(tmp_path)),
+        ("hub", "mirror", "a/b", "--from", str(tmp_path / "x"), "--to", str(tmp_path / "y")),
+        ("hub", "mirror", "a/b", "--from", "http://127.0.0.1:9", "--to", str(tmp_path / "y"), "--repo-type", "space"),
+        ("hub", "mirror", "not a repo", "--from", "http://127.0.0.1:9", "--to", str(tmp_path / "y")),
+        ("hub", "mirror", "a/b", "--from", str(tmp_path / "folder"), "--to", "http://127.0.0.1:9"),
+        ("hub", "mirror", "a/b", "--from", f"http://127.0.0.1:{free_port()}", "--to", str(tmp_path / "y")),
     ]
     for argv in cases:
         code, _, err = cli(*argv)
