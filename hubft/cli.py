@@ -1,14 +1,14 @@
 """The ``hubft`` command.
 
 Sub-commands: ``finetune``, ``push``, ``pull``, ``eval``, ``predict``, ``export``, ``plot-lr``, ``lr-find``,
-``config`` and ``hub serve``. Every ``--section.field``
-flag of ``finetune`` / ``plot-lr`` / ``lr-find`` / ``config`` is generated from :class:`hubft.FinetuneConfig`, so flags and config
-fields cannot drift apart.
+``config``, and the local Hub's ``hub serve`` / ``hub token add|revoke`` / ``hub fsck`` / ``hub mirror``. Every
+``--section.field`` flag of ``finetune`` / ``plot-lr`` / ``lr-find`` / ``config`` is generated from
+:class:`hubft.FinetuneConfig`, so flags and config fields cannot drift apart.
 
 Exit codes: 0 success; 1 an unexpected internal error; 2 bad input (config, data, model, Hub, checkpoint: a
 one-line cause and fix); 3 training stopped (a non-finite loss, a full disk: the checkpoints written so far are
 intact); 75 preempted by SIGTERM after writing a checkpoint (resume with ``--train.resume latest``); 130
-interrupted. ``--debug`` shows tracebacks. The README's "Error messages" table lists the messages.
+interrupted. ``--debug`` shows tracebacks. docs/errors.md lists the bad-input messages.
 """
 
 from __future__ import annotations
@@ -241,8 +241,84 @@ def _cmd_hub_serve(args: argparse.Namespace, rest: list[str]) -> int:
     from hubft.hub.server import serve
 
     make_dir(args.root, key="--root")
-    serve(args.root, host=args.host, port=args.port)
+    serve(args.root, host=args.host, port=args.port, users_file=args.users, access_log=args.access_log)
     return 0
+
+
+def _cmd_hub_token(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.hub.server import add_token, revoke_token
+
+    if args.token_command == "add":
+        token = add_token(args.users, args.user, args.name, role=args.role)
+        print(f"hubft: added {args.role} token {args.name!r} for {args.user} to {args.users}; it is shown only once:")
+        print(token)
+    else:
+        revoke_token(args.users, args.user, args.name)
+        print(f"hubft: revoked token {args.name!r} of {args.user} in {args.users}")
+    return 0
+
+
+def _cmd_hub_fsck(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.errors import HubError
+    from hubft.hub.server import fsck
+
+    report = fsck(args.root)
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print(f"hubft: {report.summary()}")
+    if report.problems:
+        raise HubError(f"hub root {args.root!r} has {len(report.problems)} problem(s), listed above",
+                       fix="restore the root from a backup, or remove what the problems name and re-upload it")
+    return 0
+
+
+def _cmd_hub_mirror(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.hub.mirror import mirror
+
+    result = mirror(args.repo_id, args.source, args.dest, repo_type=args.repo_type,
+                    source_token=args.from_token or os.environ.get("HUBFT_MIRROR_FROM_TOKEN"),
+                    dest_token=args.to_token or os.environ.get("HUBFT_MIRROR_TO_TOKEN"))
+    print(f"hubft: mirrored {args.repo_id} from {args.source} to {args.dest}: {len(result.branches)} branch(es), "
+          f"{len(result.tags)} tag(s), {result.downloaded} file(s) downloaded, {result.commits} commit(s) made")
+    return 0
+
+
+def _add_hub_commands(sub: argparse._SubParsersAction) -> None:
+    """The ``hub`` group: serve a local Hub, manage its tokens, check its storage, mirror repos into it."""
+    hub = sub.add_parser("hub", help="A local Hub-compatible server, for tests or a team without internet access.")
+    hub_sub = hub.add_subparsers(dest="hub_command", required=True)
+    s = hub_sub.add_parser("serve", help="Serve a local Hub from a directory.")
+    s.add_argument("--root", required=True, help="Directory holding the repos (created if missing).")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--users", default=None, help="A team's users file: serve its tokens (see `hub token add`).")
+    s.add_argument("--access-log", default=None, help="Append one JSON line per request to this file.")
+    s.set_defaults(func=_cmd_hub_serve)
+
+    s = hub_sub.add_parser("token", help="Add or revoke a user's token in a users file.")
+    token_sub = s.add_subparsers(dest="token_command", required=True)
+    for name, text in (("add", "Create a token (printed once; only its sha256 is stored)."),
+                       ("revoke", "Remove a token; a running hub refuses it from its next request on.")):
+        t = token_sub.add_parser(name, help=text)
+        t.add_argument("--users", required=True, help="The users file (created by the first `add`).")
+        t.add_argument("--user", required=True, help="The user name (added by `add` when new).")
+        t.add_argument("--name", required=True, help="A label for the token, e.g. the machine it is for.")
+        if name == "add":
+            t.add_argument("--role", choices=("read", "write"), default="read")
+        t.set_defaults(func=_cmd_hub_token)
+
+    s = hub_sub.add_parser("fsck", help="Check a hub root: every object's sha256, every ref, commit and file.")
+    s.add_argument("--root", required=True)
+    s.set_defaults(func=_cmd_hub_fsck)
+
+    s = hub_sub.add_parser("mirror", help="Copy a repo (all branches and tags, LFS included) between hubs/bundles.")
+    s.add_argument("repo_id")
+    s.add_argument("--from", dest="source", required=True, help="A Hub URL, or a bundle folder.")
+    s.add_argument("--to", dest="dest", required=True, help="A Hub URL, or a bundle folder (created if missing).")
+    s.add_argument("--repo-type", default="model", help="model or dataset.")
+    s.add_argument("--from-token", default=None, help="Token for --from (default: $HUBFT_MIRROR_FROM_TOKEN).")
+    s.add_argument("--to-token", default=None, help="Token for --to (default: $HUBFT_MIRROR_TO_TOKEN).")
+    s.set_defaults(func=_cmd_hub_mirror)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,16 +401,6 @@ def _add_inference_commands(sub) -> None:
     s.add_argument("-o", "--output", default="model.onnx", help="Where the file goes.")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
     s.set_defaults(func=_cmd_export)
-
-
-def _add_hub_commands(sub) -> None:
-    hub = sub.add_parser("hub", help="A local Hub-compatible server.")
-    hub_sub = hub.add_subparsers(dest="hub_command", required=True)
-    s = hub_sub.add_parser("serve", help="Serve a local Hub from a directory.")
-    s.add_argument("--root", required=True, help="Directory holding the repos (created if missing).")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.set_defaults(func=_cmd_hub_serve)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -273,7 +273,7 @@ def test_a_private_or_missing_repo_is_401_to_anonymous_callers_and_404_to_others
 
 def test_a_short_sha_that_several_commits_start_with_names_none(tmp_path):
     from hubft.hub.server._errors import ApiError
-    from hubft.hub.server._storage import Storage
+    from hubft.hub.server._root import Storage
 
     repo = Storage(tmp_path).create_repo("model", "u/r", private=False, author="u")
     first = repo.state().heads["main"]

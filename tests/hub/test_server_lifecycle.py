@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import selectors
@@ -13,11 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import httpx2
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 
+from hubft.cli import main
 from hubft.errors import ConfigError, HubError
+from hubft.hub.server import fsck
 from hubft.testing import LocalHub
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -146,15 +150,17 @@ def _read_until(proc: subprocess.Popen, marker: bytes, timeout: float = 120) -> 
     return text.decode()
 
 
-def _serve(root: Path) -> tuple[subprocess.Popen, str, str]:
-    """Start `hubft hub serve` on a free port and return it once it says it is ready, with its endpoint and token.
+def _serve(root: Path, *args: str, **env: str) -> tuple[subprocess.Popen, str, str | None]:
+    """Start `hubft hub serve` on a free port and return it once it says it is ready, with its endpoint and token
+    (``None`` with ``--users``: a team hub prints no token).
 
     ``python -m hubft.cli`` from the repository root with the root first on PYTHONPATH, so that the child runs this
-    checkout's code (the installed console script may belong to another checkout).
+    checkout's code (the installed console script may belong to another checkout). ``env`` adds variables (a
+    fault plan).
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "hubft.cli", "hub", "serve", "--root", str(root), "--port", "0"],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]), **env)
+    proc = subprocess.Popen([sys.executable, "-m", "hubft.cli", "hub", "serve", "--root", str(root), "--port", "0",
+                             *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         banner = _read_until(proc, b"Press Ctrl-C to stop.")
     except BaseException:
@@ -162,6 +168,9 @@ def _serve(root: Path) -> tuple[subprocess.Popen, str, str]:
         proc.wait()
         raise
     endpoint = re.search(r"serving .* at (http://127\.0\.0\.1:\d+)\n", banner).group(1)
+    if "--users" in args:
+        assert "hf_" not in banner
+        return proc, endpoint, None
     token = re.search(r"write token: (hf_\w+)\n", banner).group(1)
     assert banner.count(token) == 1 and "read token:  hf_" in banner
     return proc, endpoint, token
@@ -208,3 +217,59 @@ def test_the_hub_serve_command_serves_clients_and_stops_cleanly_on_sigint_and_si
     assert (code, rest.strip()) == (0, "stopped")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])), timeout=5)
+
+
+@pytest.mark.slow
+def test_a_kill_in_the_middle_of_a_commit_leaves_the_repo_at_its_previous_commit(tmp_path):
+    # The second commit is killed (SIGKILL, no clean-up) after its commit file is stored and before its ref moves.
+    root, repo = tmp_path / "root", "hubft-user/crash"
+    proc, endpoint, token = _serve(root, HUBFT_FAULT="hub_commit_written@2:kill")
+    try:
+        api = HfApi(endpoint=endpoint, token=token)
+        api.create_repo(repo)
+        first = api.upload_file(path_or_fileobj=b"one\n", path_in_repo="one.txt", repo_id=repo).oid
+        with pytest.raises(httpx2.TransportError):  # the connection closes with no answer (commits are not retried)
+            api.upload_file(path_or_fileobj=bytes(range(256)) * 64, path_in_repo="w.safetensors", repo_id=repo)
+        assert proc.wait(timeout=120) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    proc, endpoint, token = _serve(root)  # same root: the dead server's lock is gone with it
+    try:
+        api = HfApi(endpoint=endpoint, token=token)
+        assert api.model_info(repo).sha == first
+        assert api.list_repo_files(repo) == [".gitattributes", "one.txt"]
+        second = api.upload_file(path_or_fileobj=b"two\n", path_in_repo="two.txt", repo_id=repo).oid
+        assert [c.commit_id for c in api.list_repo_commits(repo)][:2] == [second, first]
+    finally:
+        code, _ = _stop(proc, signal.SIGTERM)
+    assert code == 0
+    report = fsck(root)
+    assert report.problems == [] and report.unreachable == 1  # the killed commit's file, referenced by nothing
+
+
+@pytest.mark.slow
+def test_a_team_hub_serves_its_users_file_and_writes_an_access_log(tmp_path, capsys):
+    users, log = tmp_path / "users.yaml", tmp_path / "access.jsonl"
+    assert main(["hub", "token", "add", "--users", str(users), "--user", "alice", "--name", "laptop",
+                 "--role", "write"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    proc, endpoint, _ = _serve(tmp_path / "root", "--users", str(users), "--access-log", str(log))
+    try:
+        api = HfApi(endpoint=endpoint, token=token)
+        assert api.whoami()["name"] == "alice"
+        api.create_repo("alice/shared")
+        assert main(["hub", "token", "revoke", "--users", str(users), "--user", "alice", "--name", "laptop"]) == 0
+        with pytest.raises(HfHubHTTPError) as revoked:
+            api.whoami()
+        assert revoked.value.response.status_code == 401
+    finally:
+        code, _ = _stop(proc, signal.SIGINT)
+    assert code == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["user"], x["method"], x["path"], x["status"]) for x in lines] == [
+        ("alice", "GET", "/api/whoami-v2", 200), ("alice", "POST", "/api/repos/create", 200),
+        ("?", "GET", "/api/whoami-v2", 401)]
+    assert token not in log.read_text()

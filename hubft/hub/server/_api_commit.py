@@ -1,9 +1,14 @@
 """Endpoints that write: README validation, the preupload decision, and the NDJSON commit.
 
 A commit is applied under the repo's lock: read the branch head, check ``parentCommit`` against it (412 when
-stale, which is how concurrent pushes to one branch are serialised), apply the operations to a copy of the head's
-tree, store the new commit and move the ref. Inline file contents are stored before the lock is taken; they are
-content-addressed, so a failed commit leaves nothing visible behind.
+stale, which is how concurrent pushes to one branch are serialised: exactly one commit wins each parent), apply the
+operations to a copy of the head's tree, store the new commit and move the ref. Inline file contents are stored
+before the lock is taken; they are content-addressed, so a failed commit leaves nothing visible behind.
+
+With ``create_pr=1`` the commit opens a pull request instead: any authenticated caller who can see the repo may
+do that (its preupload and LFS upload need no write rights either), against a branch only; ``parentCommit`` then
+says where the pull request starts. A ``deletedFile`` or ``deletedFolder`` line deletes whatever is at its path,
+a file or a whole folder, as on the Hub (``delete_folder`` may send either).
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-import yaml
+from hubft.faults import fault_point
 
-from ._api_repos import front_matter, repo_url
+from ._api_discussions import commit_event, open_discussion
+from ._api_repos import repo_url
+from ._auth import Identity, check_write, require_identity
+from ._card_rules import validate_metadata
 from ._errors import ApiError, bad_request, revision_not_found
 from ._http import API_REPO, Request, Response, Route, repo_type_of
 from ._names import check_path
 from ._objects import Commit, FileEntry, folders_of, utc_now
-from ._storage import Repo, Storage
+from ._root import Storage
+from ._storage import Repo, RepoState
 from ._upload_rules import is_ignored, lfs_patterns, wants_lfs
 
 if TYPE_CHECKING:
@@ -35,12 +44,11 @@ def validate_yaml(app: HubApp, request: Request) -> Response:
     content = body.get("content")
     if not isinstance(content, str):
         raise bad_request("Missing 'content' (the README text) in the request body")
-    try:
-        front_matter(content)
-    except (ValueError, yaml.YAMLError) as e:
-        message = f"Invalid YAML metadata: {e}"
-        raise ApiError(400, message, body={"errors": [{"message": message}], "warnings": []}) from None
-    return Response.json({"errors": [], "warnings": []})
+    errors, warnings = validate_metadata(content, str(body.get("repoType") or "model"))
+    answer = {"errors": [{"message": m} for m in errors], "warnings": [{"message": m} for m in warnings]}
+    if errors:
+        raise ApiError(400, "Invalid metadata in README.md: " + "; ".join(errors), body=answer)
+    return Response.json(answer)
 
 
 def _text(storage: Storage, commit: Commit, path: str) -> str | None:
@@ -49,7 +57,11 @@ def _text(storage: Storage, commit: Commit, path: str) -> str | None:
 
 
 def preupload(app: HubApp, request: Request, type: str, ns: str, name: str, rev: str) -> Response:
-    repo, state = app.open_repo(request, repo_type_of(type), ns, name, write="upload files")
+    if request.flag("create_pr") or rev.startswith("refs/pr/"):  # pull requests need a user, not write rights
+        repo, state = app.open_repo(request, repo_type_of(type), ns, name)
+        require_identity(app.identify(request), "open a pull request")
+    else:
+        repo, state = app.open_repo(request, repo_type_of(type), ns, name, write="upload files")
     body = request.json_object()
     files = body.get("files")
     if not isinstance(files, list):
@@ -124,14 +136,11 @@ def _apply(tree: dict[str, FileEntry], operations: list[tuple[str, str, Any]]) -
     for kind, path, entry in operations:
         if kind == "add":
             tree[path] = entry
-        elif kind == "deletedFile":
-            if path not in tree:
-                raise ApiError(404, f"A file with this name doesn't exist: {path!r}", code="EntryNotFound")
-            del tree[path]
-        else:
-            doomed = [p for p in tree if p.startswith(path + "/")]
+        else:  # deletedFile or deletedFolder: whatever is there, a file or a folder
+            doomed = [p for p in tree if p == path or p.startswith(path + "/")]
             if not doomed:
-                raise ApiError(404, f"A folder with this name doesn't exist: {path!r}", code="EntryNotFound")
+                what = "folder" if kind == "deletedFolder" else "file"
+                raise ApiError(404, f"A {what} with this name doesn't exist: {path!r}", code="EntryNotFound")
             for p in doomed:
                 del tree[p]
     clashes = sorted(folders_of(tree) & set(tree))
@@ -140,10 +149,47 @@ def _apply(tree: dict[str, FileEntry], operations: list[tuple[str, str, Any]]) -
     return tree
 
 
+def _check_rights(identity: Identity | None, state: RepoState, rev: str, create_pr: bool) -> Identity:
+    """Opening a pull request needs any token; pushing to one, its author's or write rights; else write rights."""
+    identity = require_identity(identity, "commit")
+    if create_pr:
+        return identity
+    if rev.startswith("refs/pr/"):
+        record = next((d for d in state.discussions if str(d["num"]) == rev[len("refs/pr/"):]), None)
+        if record is not None and record["author"].lower() == identity.user.lower():
+            return identity
+    return check_write(identity, state.id.split("/")[0], "commit")
+
+
+def _head(repo: Repo, state: RepoState, rev: str, parent: Any, create_pr: bool) -> Commit:
+    """The commit the new one goes on top of: the ref's head, or for a new pull request ``parent`` if given.
+
+    Raises:
+        ApiError: 404 ``RevisionNotFound`` for a revision that is not a branch (a pull request is opened against a
+            branch only, as on the Hub) or an unknown one; 400 for a tag or a sha; 412 for a stale ``parent``.
+    """
+    if create_pr and rev.removeprefix("refs/heads/") not in state.heads:
+        raise ApiError(404, f"Invalid rev id: {rev} (a pull request targets a branch)", code="RevisionNotFound")
+    if not create_pr and state.writable_ref(rev) is None:
+        repo.resolve(rev, state)  # 404 when it names nothing at all
+        raise bad_request(f"Cannot commit to {rev!r}: commits go to a branch or a refs/pr/N ref")
+    head = repo.resolve(rev, state)
+    if parent is None:
+        return head
+    full = repo.expand(parent) if isinstance(parent, str) else None  # a short sha is accepted, as on the Hub
+    if create_pr:
+        if full is None:
+            raise revision_not_found(str(parent))
+        return repo.resolve(full, state)
+    if full != head.id:
+        raise ApiError(412, f"Parent commit {parent} is not the head of {rev!r} ({head.id}): pull and retry")
+    return head
+
+
 def commit(app: HubApp, request: Request, type: str, ns: str, name: str, rev: str) -> Response:
     repo_type = repo_type_of(type)
-    repo, _ = app.open_repo(request, repo_type, ns, name, write="commit")
-    author = app.identify(request).user
+    repo, _ = app.open_repo(request, repo_type, ns, name)
+    identity = require_identity(app.identify(request), "commit")
     header, operations = _parse_operations(app, repo, request.body.read_all())
     title, parent = header.get("summary"), header.get("parentCommit")
     if not isinstance(title, str) or not title.strip():
@@ -151,24 +197,24 @@ def commit(app: HubApp, request: Request, type: str, ns: str, name: str, rev: st
     create_pr = request.flag("create_pr")
     with repo.lock:
         state = repo.state()
-        ref = state.writable_ref(rev)
-        if ref is None and not create_pr:
-            if state.resolve(rev) is None and repo.commit(rev) is None:
-                raise revision_not_found(rev)
-            raise bad_request(f"Cannot commit to {rev!r}: commits go to a branch or a refs/pr/N ref")
-        head = repo.resolve(rev, state)
-        if parent is not None and parent != head.id:
-            raise ApiError(412, f"Parent commit {parent} is not the head of {rev!r} ({head.id}): pull and retry")
-        new = Commit((head.id,), title.strip(), str(header.get("description") or ""), author, utc_now(),
+        _check_rights(identity, state, rev, create_pr)
+        head = _head(repo, state, rev, parent, create_pr)
+        new = Commit((head.id,), title.strip(), str(header.get("description") or ""), identity.user, utc_now(),
                      _apply(head.tree, operations))
         repo.write_commit(new)
+        fault_point("hub_commit_written")  # stored, no ref moved yet: a crash here leaves the ref where it was
         pr_num = None
         if create_pr:
-            pr_num = max((int(n) for n in state.prs), default=0) + 1
-            state.prs[str(pr_num)] = new.id
+            pr_num = open_discussion(state, identity.user, title.strip(), str(header.get("description") or ""),
+                                     pull_request=True, base=rev.removeprefix("refs/heads/"), fork_point=head.id)["num"]
+            table, key = state.prs, str(pr_num)
         else:
-            table, key = ref
-            table[key] = new.id
+            table, key = state.writable_ref(rev)
+        if table is state.prs:
+            record = next((d for d in state.discussions if str(d["num"]) == key), None)  # none for older PRs
+            if record is not None:
+                record["events"].append(commit_event(identity.user, new))
+        table[key] = new.id
         repo.save_state(state)
     url = repo_url(request, repo_type, state.id)
     return Response.json({

@@ -46,12 +46,15 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def resolve(app: HubApp, request: Request, prefix: str | None, ns: str, name: str, rev: str, path: str) -> Response:
-    repo, state = app.open_repo(request, repo_type_of(prefix), ns, name)
     check_path(path)
+    repo, state = app.open_repo(request, repo_type_of(prefix), ns, name, files=path)
     commit = repo.resolve(rev, state)
     entry = commit.tree.get(path)
     if entry is None:
         raise entry_not_found(path, commit.id)
+    if not app.storage.blobs.has(entry.sha256):  # its LFS content was permanently deleted, history kept
+        raise ApiError(404, f"The content of {path!r} was permanently deleted from this repo", code="EntryNotFound",
+                       headers={"X-Repo-Commit": commit.id})
     headers = {
         "X-Repo-Commit": commit.id,
         "ETag": f'"{entry.etag}"',

@@ -13,6 +13,7 @@ import hmac
 import re
 from typing import TYPE_CHECKING
 
+from ._auth import require_identity
 from ._errors import ApiError, bad_request, repo_not_found
 from ._http import GIT_REPO, Request, Response, Route, repo_type_of, url_prefix
 from ._names import split_repo_id
@@ -30,8 +31,15 @@ def _signature(app: HubApp, repo_type: str, repo_id: str, oid: str, size: int) -
 
 def batch(app: HubApp, request: Request, prefix: str | None, ns: str, name: str) -> Response:
     repo_type = repo_type_of(prefix)
-    repo, state = app.open_repo(request, repo_type, ns, name, write="upload files")
     body = request.json_object()
+    ref = body.get("ref") if isinstance(body.get("ref"), dict) else {}
+    if str(ref.get("name") or "refs/pr/").startswith("refs/pr/"):
+        # No ref (the client omits it when opening a pull request) or a PR ref: a user suffices, as on the Hub;
+        # the commit endpoint decides what lands where.
+        repo, state = app.open_repo(request, repo_type, ns, name)
+        require_identity(app.identify(request), "upload files for a pull request")
+    else:
+        repo, state = app.open_repo(request, repo_type, ns, name, write="upload files")
     if body.get("operation") != "upload":
         raise bad_request(f"Unsupported LFS operation {body.get('operation')!r}: this local hub accepts 'upload'")
     objects = body.get("objects")
@@ -57,7 +65,7 @@ def batch(app: HubApp, request: Request, prefix: str | None, ns: str, name: str)
 
 def upload(app: HubApp, request: Request, prefix: str | None, ns: str, name: str, oid: str, size: str) -> Response:
     repo_type = repo_type_of(prefix)
-    repo_id = split_repo_id(ns, name, repo_type)
+    repo_id = app.storage.canonical_id(repo_type, split_repo_id(ns, name, repo_type)) or f"{ns}/{name}"
     expected = _signature(app, repo_type, repo_id, oid, int(size))
     if not hmac.compare_digest(expected, request.param("sig") or ""):
         raise ApiError(403, "Invalid or missing upload signature: ask the LFS batch endpoint for an upload URL")
@@ -72,7 +80,8 @@ def upload(app: HubApp, request: Request, prefix: str | None, ns: str, name: str
 
 
 def verify(app: HubApp, request: Request, prefix: str | None, ns: str, name: str) -> Response:
-    repo, _ = app.open_repo(request, repo_type_of(prefix), ns, name, write="upload files")
+    repo, _ = app.open_repo(request, repo_type_of(prefix), ns, name)
+    require_identity(app.identify(request), "verify an upload")
     body = request.json_object()
     oid, size = body.get("oid"), body.get("size")
     if not isinstance(oid, str) or not isinstance(size, int) or not repo.owns_lfs(oid, size):

@@ -1,4 +1,4 @@
-"""Endpoints about identities and repos as a whole: whoami, create/delete, info, settings, refs and history."""
+"""Endpoints about identities and repos as a whole: whoami, create, delete, move, settings, info and listings."""
 
 from __future__ import annotations
 
@@ -6,34 +6,17 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from ._auth import check_write
+from ._card_rules import front_matter
 from ._errors import ApiError, bad_request, repo_not_found
 from ._http import API_REPO, Request, Response, Route, paged_json, repo_type_of, url_prefix
-from ._names import check_ref_name, check_repo_segment, check_repo_type
+from ._names import check_repo_segment, check_repo_type
 from ._objects import Commit
-from ._storage import Storage
+from ._root import Storage
 
 if TYPE_CHECKING:
     from ._app import HubApp
-
-
-def front_matter(text: str) -> dict[str, Any] | None:
-    """The YAML metadata block of a README, or ``None`` when there is none.
-
-    Raises:
-        ValueError: when the block is not valid YAML or not a mapping.
-    """
-    match = REGEX_YAML_BLOCK.search(text)
-    if match is None:
-        return None
-    data = yaml.safe_load(match.group(2))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"the YAML metadata must be a mapping, got {type(data).__name__}")
-    return data
 
 
 def _card_data(storage: Storage, commit: Commit) -> dict[str, Any] | None:
@@ -59,11 +42,12 @@ def whoami(app: HubApp, request: Request) -> Response:
         "type": "user",
         "id": hashlib.sha1(identity.user.encode(), usedforsecurity=False).hexdigest()[:24],
         "name": identity.user,
-        "fullname": identity.user,
-        "email": None,
-        "emailVerified": False,
+        "fullname": identity.fullname or identity.user,
+        "email": identity.email,
+        "emailVerified": identity.email is not None,
         "isPro": False,
-        "orgs": [{"type": "org", "name": org, "fullname": org, "roleInOrg": identity.role} for org in identity.orgs],
+        "orgs": [{"type": "org", "name": org, "fullname": org, "roleInOrg": identity.org_role(org)}
+                 for org in identity.orgs],
         "auth": {"type": "access_token",
                  "accessToken": {"displayName": f"hubft local {identity.role} token", "role": identity.role}},
     })
@@ -97,37 +81,63 @@ def create_repo(app: HubApp, request: Request) -> Response:
     repo_type, repo_id, body = _target(app, request)
     identity = check_write(app.identify(request), repo_id.split("/")[0], "create a repo")
     private = body.get("visibility") == "private" or body.get("private") is True
-    url = repo_url(request, repo_type, repo_id)
     try:
         app.storage.create_repo(repo_type, repo_id, private=private, author=identity.user)
     except ApiError as e:
-        e.body["url"] = url  # create_repo(exist_ok=True) reads the URL from the 409 body.
+        existing = app.storage.canonical_id(repo_type, repo_id) or repo_id
+        e.body["url"] = repo_url(request, repo_type, existing)  # create_repo(exist_ok=True) reads it from the 409
         raise
-    return Response.json({"url": url, "name": repo_id, "id": repo_id})
+    return Response.json({"url": repo_url(request, repo_type, repo_id), "name": repo_id, "id": repo_id})
 
 
 def delete_repo(app: HubApp, request: Request) -> Response:
     repo_type, repo_id, _ = _target(app, request)
-    app.open_repo(request, repo_type, *repo_id.split("/"), write="delete a repo")
+    app.open_repo(request, repo_type, *repo_id.split("/"), write="delete a repo", level="admin")
     if not app.storage.delete_repo(repo_type, repo_id):
         raise repo_not_found(repo_type, repo_id)
     return Response.json({})
 
 
-def repo_settings(app: HubApp, request: Request, type: str, ns: str, name: str) -> Response:
-    repo, _ = app.open_repo(request, repo_type_of(type), ns, name, write="change repo settings")
+def _repo_id_field(body: dict[str, Any], key: str) -> tuple[str, str]:
+    value = body.get(key)
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise bad_request(f"{key!r} must be a repo id 'namespace/name', got {value!r}")
+    namespace, name = value.split("/")
+    return check_repo_segment(namespace, "namespace"), check_repo_segment(name, "repo name")
+
+
+def move_repo(app: HubApp, request: Request) -> Response:
     body = request.json_object()
-    unknown = set(body) - {"private", "visibility"}
+    repo_type = check_repo_type(body.get("type"))
+    (from_ns, from_name), (to_ns, to_name) = _repo_id_field(body, "fromRepo"), _repo_id_field(body, "toRepo")
+    _, state = app.open_repo(request, repo_type, from_ns, from_name, write="move a repo", level="admin")
+    check_write(app.identify(request), to_ns, "move a repo here")
+    new_id = app.storage.move_repo(repo_type, state.id, f"{to_ns}/{to_name}")
+    return Response.json({"url": repo_url(request, repo_type, new_id)})
+
+
+_GATED = ("auto", "manual", False)
+
+
+def repo_settings(app: HubApp, request: Request, type: str, ns: str, name: str) -> Response:
+    repo, _ = app.open_repo(request, repo_type_of(type), ns, name, write="change repo settings", level="admin")
+    body = request.json_object()
+    unknown = set(body) - {"private", "visibility", "gated"}
     if unknown:
-        raise bad_request(f"Unsupported settings {sorted(unknown)}: this local hub supports 'private' and 'visibility'")
+        raise bad_request(f"Unsupported settings {sorted(unknown)}: this local hub supports 'private', 'visibility' "
+                          "and 'gated'")
+    if "gated" in body and body["gated"] not in _GATED:
+        raise bad_request(f"Invalid 'gated' {body['gated']!r}: use 'auto', 'manual' or false")
     with repo.lock:
         state = repo.state()
         if "private" in body:
             state.private = bool(body["private"])
         if "visibility" in body:
             state.private = body["visibility"] == "private"
+        if "gated" in body:
+            state.gated = body["gated"]
         repo.save_state(state)
-    return Response.json({"private": state.private})
+    return Response.json({"private": state.private, "gated": state.gated})
 
 
 def repo_info(app: HubApp, request: Request, type: str, ns: str | None, name: str, rev: str | None) -> Response:
@@ -144,7 +154,7 @@ def repo_info(app: HubApp, request: Request, type: str, ns: str | None, name: st
         "author": state.id.split("/")[0],
         "sha": commit.id,
         "private": state.private,
-        "gated": False,
+        "gated": state.gated,
         "disabled": False,
         "downloads": 0,
         "likes": 0,
@@ -172,7 +182,8 @@ def list_repos(app: HubApp, request: Request, type: str) -> Response:
     for repo_id in app.storage.repo_ids(repo_type):
         repo = app.storage.repo(repo_type, repo_id)
         state = repo.state() if repo else None
-        if state is None or (author and repo_id.split("/")[0] != author) or search not in repo_id.lower():
+        namespace = repo_id.split("/")[0]
+        if state is None or (author and namespace.lower() != author.lower()) or search not in repo_id.lower():
             continue
         if state.private and (identity is None or not identity.member_of(repo_id.split("/")[0])):
             continue
@@ -181,75 +192,14 @@ def list_repos(app: HubApp, request: Request, type: str) -> Response:
     return paged_json(request, items, app.page_size)
 
 
-def list_refs(app: HubApp, request: Request, type: str, ns: str, name: str) -> Response:
-    _, state = app.open_repo(request, repo_type_of(type), ns, name)
-
-    def refs(table: dict[str, str], prefix: str) -> list[dict[str, str]]:
-        return [{"name": k, "ref": f"{prefix}{k}", "targetCommit": v} for k, v in sorted(table.items())]
-
-    body = {"branches": refs(state.heads, "refs/heads/"), "tags": refs(state.tags, "refs/tags/"), "converts": []}
-    if request.flag("include_prs"):
-        body["pullRequests"] = refs(state.prs, "refs/pr/")
-    return Response.json(body)
-
-
-def branch(app: HubApp, request: Request, type: str, ns: str, name: str, branch: str) -> Response:
-    repo, _ = app.open_repo(request, repo_type_of(type), ns, name, write="create or delete a branch")
-    body = request.json_object() if request.method == "POST" else {}
-    with repo.lock:
-        state = repo.state()
-        if request.method == "DELETE":
-            if branch not in state.heads:
-                raise ApiError(404, f"Branch {branch!r} does not exist", code="RevisionNotFound")
-            if branch == "main":
-                raise ApiError(403, "The default branch 'main' cannot be deleted")
-            del state.heads[branch]
-        else:
-            check_ref_name(branch, "branch")
-            if branch in state.heads:
-                raise ApiError(409, f"Reference already exists: refs/heads/{branch}")
-            start = body.get("startingPoint") or "main"
-            state.heads[branch] = repo.resolve(str(start), state).id
-        repo.save_state(state)
-    return Response.json({})
-
-
-def tag(app: HubApp, request: Request, type: str, ns: str, name: str, rev: str) -> Response:
-    repo, _ = app.open_repo(request, repo_type_of(type), ns, name, write="create or delete a tag")
-    with repo.lock:
-        state = repo.state()
-        if request.method == "DELETE":  # here the path segment is the tag itself
-            if rev not in state.tags:
-                raise ApiError(404, f"Tag {rev!r} does not exist", code="RevisionNotFound")
-            del state.tags[rev]
-        else:
-            body = request.json_object()
-            new_tag = check_ref_name(str(body.get("tag") or ""), "tag")
-            if new_tag in state.tags:
-                raise ApiError(409, f"Reference already exists: refs/tags/{new_tag}")
-            state.tags[new_tag] = repo.resolve(rev, state).id
-        repo.save_state(state)
-    return Response.json({})
-
-
-def list_commits(app: HubApp, request: Request, type: str, ns: str, name: str, rev: str) -> Response:
-    repo, state = app.open_repo(request, repo_type_of(type), ns, name)
-    items = [{"id": c.id, "title": c.title, "message": c.message, "date": c.date, "authors": [{"user": c.author}]}
-             for c in repo.ancestors(repo.resolve(rev, state).id)]
-    return paged_json(request, items, app.page_size)
-
-
 ROUTES = (
     Route.of("whoami", "GET", r"^/api/whoami-v2$", whoami),
     Route.of("agent-harnesses", "GET", r"^/api/agent-harnesses$", agent_harnesses),
     Route.of("repo-create", "POST", r"^/api/repos/create$", create_repo),
     Route.of("repo-delete", "DELETE", r"^/api/repos/delete$", delete_repo),
+    Route.of("repo-move", "POST", r"^/api/repos/move$", move_repo),
     Route.of("repo-list", "GET", r"^/api/(?P<type>models|datasets|spaces)$", list_repos),
     Route.of("repo-settings", "PUT", API_REPO + r"/settings$", repo_settings),
-    Route.of("refs", "GET", API_REPO + r"/refs$", list_refs),
-    Route.of("branch", "POST DELETE", API_REPO + r"/branch/(?P<branch>[^/]+)$", branch),
-    Route.of("tag", "POST DELETE", API_REPO + r"/tag/(?P<rev>[^/]+)$", tag),
-    Route.of("commits", "GET", API_REPO + r"/commits/(?P<rev>[^/]+)$", list_commits),
     Route.of("repo-info", "GET",
              r"^/api/(?P<type>models|datasets|spaces)/(?:(?P<ns>[^/]+)/)?(?P<name>[^/]+)(?:/revision/(?P<rev>[^/]+))?$",
              repo_info),

@@ -81,3 +81,15 @@ def entry_not_found(path: str, commit: str) -> ApiError:
         404, f"Entry not found: {path!r} does not exist at commit {commit}", code="EntryNotFound",
         headers={"X-Repo-Commit": commit},
     )
+
+
+class RepoMoved(Exception):
+    """Raised when a request names the old id of a moved repo; the app answers with a redirect to ``new_id``.
+
+    Like the Hub, every request on the old id is redirected (307, so that a POST keeps its method and body), and
+    the client follows it; only callers who may see the repo learn its new id.
+    """
+
+    def __init__(self, new_id: str) -> None:
+        super().__init__(new_id)
+        self.new_id = new_id

@@ -68,6 +68,7 @@ class Request:
         body: The body stream.
         base_url: ``http://host:port`` as the client addressed the server; every URL the server hands out starts
             with it, so that it matches the client's ``HF_ENDPOINT``.
+        raw_query: The query string as sent (for redirects that keep it).
     """
 
     method: str
@@ -76,6 +77,7 @@ class Request:
     headers: Message
     body: Body
     base_url: str
+    raw_query: str = ""
 
     @classmethod
     def parse_query(cls, raw: str) -> dict[str, list[str]]:
@@ -192,22 +194,41 @@ class Route:
     pattern: re.Pattern[str]
     handler: Handler
 
+    loose: re.Pattern[str] | None = None
+
     @classmethod
     def of(cls, name: str, methods: str, pattern: str, handler: Handler) -> Route:
-        """Build a route from a space-separated method list and a regex source."""
-        return cls(name, tuple(methods.split()), re.compile(pattern), handler)
+        """Build a route from a space-separated method list and a regex source.
 
-    def match(self, path: str) -> dict[str, str | None] | None:
-        """The decoded groups if ``path`` matches."""
-        found = self.pattern.match(path)
+        A pattern with a mandatory ``ns`` group also gets a *loose* twin where the namespace is optional: a repo id
+        without a namespace (``/repo-x/resolve/main/f``) then still reaches the endpoint, which answers
+        ``RepoNotFound`` as the Hub does, instead of a generic 404 the client cannot map.
+        """
+        loose = re.compile(pattern.replace(_NS, f"(?:{_NS})?")) if _NS in pattern else None
+        return cls(name, tuple(methods.split()), re.compile(pattern), handler, loose)
+
+    def match(self, path: str, *, loose: bool = False) -> dict[str, str | None] | None:
+        """The decoded groups if ``path`` matches (the loose pattern when ``loose``)."""
+        pattern = self.loose if loose else self.pattern
+        found = pattern.match(path) if pattern is not None else None
         if found is None:
             return None
         return {k: (unquote(v) if v is not None else None) for k, v in found.groupdict().items()}
 
+    def repo_span(self, path: str) -> tuple[int, int] | None:
+        """Where the repo id (namespace and name) sits in ``path``, for rewriting it into a redirect."""
+        for pattern in (self.pattern, self.loose):
+            found = pattern.match(path) if pattern is not None else None
+            if found is not None and "name" in found.groupdict():
+                start = found.start("ns") if found.group("ns") is not None else found.start("name")
+                return start, found.end("name")
+        return None
+
 
 # Fragments shared by the route tables.
-API_REPO = r"^/api/(?P<type>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
-GIT_REPO = r"^/(?:(?P<prefix>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+?)"
+_NS = r"(?P<ns>[^/]+)/"
+API_REPO = r"^/api/(?P<type>models|datasets|spaces)/" + _NS + r"(?P<name>[^/]+)"
+GIT_REPO = r"^/(?:(?P<prefix>datasets|spaces)/)?" + _NS + r"(?P<name>[^/]+?)"
 
 
 def repo_type_of(plural_or_prefix: str | None) -> str:

@@ -17,11 +17,13 @@ from typing import IO, Any
 
 from hubft.errors import ConfigError, HubError
 
+from ._access_log import AccessLog
 from ._app import HubApp, LoggedRequest
 from ._auth import Identity, TokenTable
 from ._faults import FaultPlan
 from ._server import HubHTTPServer
-from ._storage import Storage
+from ._root import Storage
+from ._users import users_file_tokens
 
 try:
     import fcntl
@@ -71,9 +73,12 @@ class LocalHub:
         faults: A fault plan in force from the start (see :meth:`set_faults`).
         page_size: The most entries in one page of a tree or commit listing (small values exercise pagination).
         record_requests: Whether to keep :attr:`requests` (turn it off for a long-running server).
+        users_file: A team's users file (see ``_users``): its tokens are accepted too, and edits to it (``hubft hub
+            token add/revoke``) apply from the next request on.
+        access_log: A file to append one JSON line per request to (see ``_access_log``).
 
     Raises:
-        ConfigError: for an invalid user, token, page size or fault plan.
+        ConfigError: for an invalid user, token, page size, fault plan or users file.
         HubError: from :meth:`start`, when the port is taken or the root is in use or not a hub's.
 
     Examples:
@@ -95,6 +100,8 @@ class LocalHub:
         faults: FaultPlan | None = None,
         page_size: int = 1000,
         record_requests: bool = True,
+        users_file: str | os.PathLike | None = None,
+        access_log: str | os.PathLike | None = None,
     ) -> None:
         if page_size < 1:
             raise ConfigError(f"page_size {page_size!r} is below 1", fix="pass a positive number of entries")
@@ -104,7 +111,9 @@ class LocalHub:
         self.host = host
         self.port = port or 0
         self.user = user
-        self._tokens = TokenTable()
+        self._tokens = TokenTable() if users_file is None else users_file_tokens(users_file)
+        self._access_log_path = None if access_log is None else Path(access_log)
+        self._access_log: AccessLog | None = None
         self.token = self._tokens.add(Identity(user, "write", tuple(orgs)), token)
         self.read_token = self._tokens.add(Identity(user, "read", tuple(orgs)), read_token)
         self._faults = faults
@@ -162,8 +171,10 @@ class LocalHub:
             return self
         self._root_lock = _lock_root(self.root)
         shutil.rmtree(self.root / "tmp", ignore_errors=True)  # staging left by a crash; we hold the root lock
+        if self._access_log_path is not None:
+            self._access_log = AccessLog(self._access_log_path)
         app = HubApp(Storage(self.root), self._tokens, page_size=self._page_size, lfs_secret=secrets.token_bytes(32),
-                     record_requests=self._record_requests)
+                     record_requests=self._record_requests, access_log=self._access_log)
         app.faults.set_plan(self._faults)
         self._app = app
         try:
@@ -197,6 +208,9 @@ class LocalHub:
         """Stop serving, close every connection and release the root (idempotent)."""
         self._unbind()
         self._app = None
+        if self._access_log is not None:
+            self._access_log.close()
+            self._access_log = None
         if self._root_lock is not None:
             self._root_lock.close()
             self._root_lock = None
@@ -228,13 +242,18 @@ class LocalHub:
             "HF_UPDATE_DOWNLOAD_COUNTS": "0",
         }
 
-    def add_token(self, user: str, role: str = "write", orgs: tuple[str, ...] = (), token: str | None = None) -> str:
+    def add_token(self, user: str, role: str = "write", orgs: tuple[str, ...] = (), token: str | None = None, *,
+                  org_roles: dict[str, str] | None = None, fullname: str | None = None) -> str:
         """Accept another token (e.g. another user's, to test what strangers see) and return it.
+
+        Args:
+            org_roles: The user's role (``read``, ``write``, ``admin``) in each of ``orgs``; ``admin`` when missing.
+            fullname: What ``whoami`` reports as the user's full name.
 
         Raises:
             ConfigError: for an unknown role or an invalid token.
         """
-        return self._tokens.add(Identity(user, role, tuple(orgs)), token)
+        return self._tokens.add(Identity(user, role, tuple(orgs), dict(org_roles or {}), fullname), token)
 
     def set_faults(self, plan: FaultPlan | None) -> None:
         """Install a fault plan now (``None`` turns faults off); the plan's counts start afresh.

@@ -23,13 +23,17 @@ def serve(
     user: str = "hubft-user",
     token: str | None = None,
     read_token: str | None = None,
+    users_file: str | os.PathLike | None = None,
+    access_log: str | os.PathLike | None = None,
     out: TextIO | None = None,
 ) -> None:
     """Serve a local Hub over ``root`` until Ctrl-C or SIGTERM, printing its endpoint and tokens once.
 
     The tokens are the hub's own (random unless given), not the user's Hugging Face token, and are printed only in
-    this banner: copy them from there. On SIGINT (Ctrl-C) or SIGTERM (a service manager, ``kill``) the hub closes its
-    connections and releases ``root``, then prints ``stopped`` and returns, so the command exits with 0.
+    this banner: copy them from there. With a ``users_file`` (a team hub) the users' tokens are served instead and
+    none is printed: ``hubft hub token add`` makes them. On SIGINT (Ctrl-C) or SIGTERM (a service manager, ``kill``)
+    the hub closes its connections and releases ``root``, then prints ``stopped`` and returns, so the command exits
+    with 0.
 
     Args:
         root: Directory holding the repos (created if missing; an earlier hub's root is reused).
@@ -38,19 +42,28 @@ def serve(
         user: The user the tokens belong to.
         token: The write token to accept; random when ``None``.
         read_token: The read-only token to accept; random when ``None``.
+        users_file: The team's users file (see ``hubft.hub.server._users``).
+        access_log: A file to append one JSON line per request to.
         out: Where to print the banner (standard output by default).
 
     Raises:
         HubError: when the port is taken or the root is in use or not a hub's.
+        ConfigError: for a missing or invalid users file.
     """
     out = out or sys.stdout
-    hub = LocalHub(root, host=host, port=port, user=user, token=token, read_token=read_token, record_requests=False)
+    hub = LocalHub(root, host=host, port=port, user=user, token=token, read_token=read_token, record_requests=False,
+                   users_file=users_file, access_log=access_log)
     with hub:
         print(f"hubft local hub: serving {hub.root} at {hub.endpoint}", file=out)
-        print(f"  user:        {hub.user}", file=out)
-        print(f"  write token: {hub.token}", file=out)
-        print(f"  read token:  {hub.read_token}", file=out)
-        print("Point clients at it (HF_TOKEN = the write or read token above):", file=out)
+        if users_file is None:
+            print(f"  user:        {hub.user}", file=out)
+            print(f"  write token: {hub.token}", file=out)
+            print(f"  read token:  {hub.read_token}", file=out)
+        else:
+            print(f"  users:       {users_file} (tokens: `hubft hub token add --users {users_file} ...`)", file=out)
+        if access_log is not None:
+            print(f"  access log:  {access_log}", file=out)
+        print("Point clients at it (HF_TOKEN = a token of this hub):", file=out)
         exports = " ".join(f"{k}={v}" for k, v in hub.env().items() if k != "HF_TOKEN")
         print(f"  export {exports} HF_TOKEN=...", file=out)
         if host not in _LOOPBACK:

@@ -59,7 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         host = self.headers.get("host") or "{}:{}".format(*self.server.server_address[:2])
         request = Request(self.command, split.path, Request.parse_query(split.query), self.headers, body,
-                          f"http://{host}")
+                          f"http://{host}", split.query)
         response = self.server.app.handle(request)
         if response is DROP:
             body.drain(_DRAIN_LIMIT)

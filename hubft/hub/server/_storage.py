@@ -4,36 +4,38 @@ Layout under the root directory::
 
     objects/ab/cdef...                 file contents, named by sha256 (shared by every repo)
     repos/{type}s/{ns}/{name}/
-        repo.json                      visibility, creation date, branches, tags and PR refs
+        repo.json                      visibility, gating, branches, tags, PR refs and discussions
         commits/{sha}.json             one immutable snapshot per commit
         lfs/{sha256}                   empty markers: LFS objects uploaded to this repo
+    redirects.json                     old repo ids of moved repos -> their new ids
     tmp/                               staging for atomic writes
 
-Every file is written to ``tmp/`` and moved into place with ``os.replace``, so a crash or a concurrent reader never
-sees half a file and a restarted server sees exactly what was committed. Blobs and commits never change once
-written; only ``repo.json`` is replaced, under the repo's lock. The LFS markers keep repos apart: a commit may only
+Every file is written to ``tmp/``, flushed, and moved into place with ``os.replace`` (then the directory entry is
+flushed too), so a crash or a concurrent reader never sees half a file and a restarted server sees exactly what was
+committed. Blobs and commits never change once written; only ``repo.json`` is replaced, under the repo's lock, and
+a commit becomes visible only when that replacement moves a ref: a crash before it leaves the repo at its previous
+commit (plus an unreferenced commit file, which is harmless). The LFS markers keep repos apart: a commit may only
 reference LFS objects uploaded to its own repo, so knowing a sha256 from someone else's private repo gives nothing.
+
+Repo ids are case-insensitive, as on the Hub: ``Owner/Name`` and ``owner/name`` name the same repo, whose
+directory and ``id`` keep the spelling it was created (or moved) with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from hubft.files import atomic_write, atomic_write_bytes
+from hubft.files import atomic_write, atomic_write_bytes, fsync_dir
 
-from ._errors import ApiError, bad_request, revision_not_found
+from ._errors import bad_request, revision_not_found
 from ._names import is_commit_sha, is_short_sha
-from ._objects import Commit, FileEntry, utc_now
-from ._upload_rules import DEFAULT_GITATTRIBUTES
+from ._objects import Commit
 
 _COPY_CHUNK = 1024 * 1024
 
@@ -60,6 +62,16 @@ class BlobStore:
     def atomic_write(self, dest: Path, data: bytes) -> None:
         """Write ``dest`` so that readers see either the old file or the whole new one, even after a crash."""
         atomic_write_bytes(dest, data, staging_dir=self._tmp)
+        fsync_dir(dest.parent)
+
+    def delete(self, sha256: str) -> None:
+        """Remove stored content (callers make sure nothing refers to it any more)."""
+        self.path(sha256).unlink(missing_ok=True)
+
+    def all(self) -> Iterator[tuple[str, Path]]:
+        """Every stored object as ``(sha256 its name claims, path)``."""
+        for path in sorted(self._dir.glob("??/*")):
+            yield path.parent.name + path.name, path
 
     def put_bytes(self, data: bytes) -> str:
         """Store ``data`` and return its sha256."""
@@ -89,11 +101,19 @@ class BlobStore:
                 raise bad_request(f"Uploaded content does not match oid {sha256} (got {digest.hexdigest()})")
 
         atomic_write(self.path(sha256), copy, staging_dir=self._tmp)
+        fsync_dir(self.path(sha256).parent)
 
 
 @dataclass
 class RepoState:
-    """The mutable part of a repo, stored in ``repo.json``."""
+    """The mutable part of a repo, stored in ``repo.json``.
+
+    Attributes:
+        gated: ``False``, or ``"auto"``/``"manual"``: file contents then need an explicit grant (see ``_auth``).
+        grants: Access decisions on a gated repo, by user: ``{"status": "accepted"|"rejected"|"pending",
+            "timestamp": ...}``.
+        discussions: Discussions and pull requests, in the order they were opened (see ``_api_discussions``).
+    """
 
     type: str
     id: str
@@ -102,6 +122,27 @@ class RepoState:
     heads: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     prs: dict[str, str] = field(default_factory=dict)
+    gated: str | bool = False
+    grants: dict[str, dict] = field(default_factory=dict)
+    discussions: list[dict] = field(default_factory=list)
+
+    _KEYS = {"type": "type", "id": "id", "private": "private", "created_at": "createdAt", "heads": "heads",
+             "tags": "tags", "prs": "prs", "gated": "gated", "grants": "grants", "discussions": "discussions"}
+
+    def to_json(self) -> dict:
+        """The ``repo.json`` form."""
+        return {key: getattr(self, attr) for attr, key in self._KEYS.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RepoState:
+        """Inverse of :meth:`to_json`; keys added in later versions default when an older file lacks them."""
+        return cls(**{attr: data[key] for attr, key in cls._KEYS.items() if key in data})
+
+    def ref_targets(self) -> dict[str, str]:
+        """Every ref (``refs/heads/...``, ``refs/tags/...``, ``refs/pr/...``) and the commit it points to."""
+        return {**{f"refs/heads/{k}": v for k, v in self.heads.items()},
+                **{f"refs/tags/{k}": v for k, v in self.tags.items()},
+                **{f"refs/pr/{k}": v for k, v in self.prs.items()}}
 
     def resolve(self, revision: str) -> str | None:
         """The commit a branch, a tag or a ``refs/heads|tags|pr/...`` ref points to; ``None`` if none."""
@@ -130,15 +171,11 @@ class Repo:
 
     def state(self) -> RepoState:
         """Read ``repo.json`` (a consistent snapshot: it is only ever replaced whole)."""
-        data = json.loads((self.base / "repo.json").read_text())
-        return RepoState(data["type"], data["id"], data["private"], data["createdAt"], data["heads"], data["tags"],
-                         data["prs"])
+        return RepoState.from_json(json.loads((self.base / "repo.json").read_text()))
 
     def save_state(self, state: RepoState) -> None:
         """Replace ``repo.json``; callers hold :attr:`lock` across their read-modify-write."""
-        data = {"type": state.type, "id": state.id, "private": state.private, "createdAt": state.created_at,
-                "heads": state.heads, "tags": state.tags, "prs": state.prs}
-        self.blobs.atomic_write(self.base / "repo.json", json.dumps(data, indent=1).encode())
+        self.blobs.atomic_write(self.base / "repo.json", json.dumps(state.to_json(), indent=1).encode())
 
     def commit(self, sha: str) -> Commit | None:
         """The commit with this id, or ``None``."""
@@ -176,12 +213,21 @@ class Repo:
         matches = [p.stem for p in (self.base / "commits").glob(f"{revision}*.json")]
         return matches[0] if len(matches) == 1 else revision
 
+    def expand(self, sha: str) -> str | None:
+        """The full id of the commit a full or short sha names, ``None`` when it names none (or several)."""
+        full = self._expand(sha)
+        return full if self.commit(full) is not None else None
+
     def write_commit(self, commit: Commit) -> None:
         """Store a commit (idempotent: the id is derived from the content)."""
         dest = self.base / "commits" / f"{commit.id}.json"
         if not dest.exists():
             self.blobs.atomic_write(dest, json.dumps(commit.to_json()).encode())
         self._commits[commit.id] = commit
+
+    def commit_ids(self) -> list[str]:
+        """The ids of every stored commit, reachable or not."""
+        return sorted(p.stem for p in (self.base / "commits").glob("*.json"))
 
     def first_parent_history(self, sha: str) -> Iterator[Commit]:
         """The commit ``sha`` and its first parents, newest first."""
@@ -192,7 +238,11 @@ class Repo:
 
     def ancestors(self, sha: str) -> list[Commit]:
         """Every commit reachable from ``sha``, newest first (``git log`` order by date)."""
-        seen, stack, out = set(), [sha], []
+        return self.ancestors_of([sha])
+
+    def ancestors_of(self, shas: list[str]) -> list[Commit]:
+        """Every commit reachable from any of ``shas``, newest first."""
+        seen, stack, out = set(), list(shas), []
         while stack:
             commit = self.commit(stack.pop())
             if commit is None or commit.id in seen:
@@ -212,72 +262,12 @@ class Repo:
         """Whether this LFS object was uploaded to this repo and is stored (with this size, when given)."""
         return (self.base / "lfs" / sha256).exists() and self.blobs.has(sha256, size)
 
+    def lfs_markers(self) -> dict[str, float]:
+        """The LFS objects uploaded to this repo, with the time of their (last) upload."""
+        return {p.name: p.stat().st_mtime for p in sorted((self.base / "lfs").glob("*"))}
 
-class Storage:
-    """All repos under one root directory.
+    def unmark_lfs(self, sha256: str) -> None:
+        """Forget that this LFS object was uploaded to this repo."""
+        (self.base / "lfs" / sha256).unlink(missing_ok=True)
 
-    Args:
-        root: The directory holding the data; created if missing. Only one server may use it at a time (the
-            server takes a lock on it).
-    """
 
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
-        self.blobs = BlobStore(self.root)
-        self._repos: dict[tuple[str, str], Repo] = {}
-        self._lock = threading.Lock()
-
-    def _base(self, repo_type: str, repo_id: str) -> Path:
-        return self.root / "repos" / f"{repo_type}s" / repo_id
-
-    def repo(self, repo_type: str, repo_id: str) -> Repo | None:
-        """The repo, or ``None`` if it does not exist. ``repo_id`` must already be validated."""
-        with self._lock:
-            handle = self._repos.get((repo_type, repo_id))
-            if handle is None:
-                base = self._base(repo_type, repo_id)
-                if not (base / "repo.json").exists():
-                    return None
-                handle = self._repos[(repo_type, repo_id)] = Repo(base, self.blobs)
-            return handle
-
-    def create_repo(self, repo_type: str, repo_id: str, *, private: bool, author: str) -> Repo:
-        """Create a repo whose ``main`` holds the Hub's initial commit (a default ``.gitattributes``).
-
-        Raises:
-            ApiError: 409 when it already exists.
-        """
-        with self._lock:
-            base = self._base(repo_type, repo_id)
-            if (base / "repo.json").exists():
-                raise ApiError(409, f"You already created this {repo_type} repo: {repo_id}")
-            handle = self._repos[(repo_type, repo_id)] = Repo(base, self.blobs)
-            content = DEFAULT_GITATTRIBUTES
-            self.blobs.put_bytes(content)
-            first = Commit((), "initial commit", "", author, utc_now(), {".gitattributes": FileEntry.regular(content)})
-            handle.write_commit(first)
-            handle.save_state(RepoState(repo_type, repo_id, private, first.date, heads={"main": first.id}))
-            return handle
-
-    def delete_repo(self, repo_type: str, repo_id: str) -> bool:
-        """Delete a repo (its blobs stay, they may be shared); return whether it existed."""
-        with self._lock:
-            base = self._base(repo_type, repo_id)
-            handle = self._repos.pop((repo_type, repo_id), None) or Repo(base, self.blobs)
-            if not (base / "repo.json").exists():
-                return False
-            with handle.lock:
-                # Move aside first so that the repo disappears at once, then clean up.
-                trash = Path(tempfile.mkdtemp(dir=self.root / "tmp"))
-                os.replace(base, trash / "repo")
-            shutil.rmtree(trash, ignore_errors=True)
-            return True
-
-    def repo_ids(self, repo_type: str) -> list[str]:
-        """The ids of all repos of a type, sorted."""
-        top = self.root / "repos" / f"{repo_type}s"
-        return sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in top.glob("*/*/repo.json"))
-
-    def read(self, entry: FileEntry) -> bytes:
-        """The whole content of a (small) file."""
-        return self.blobs.path(entry.sha256).read_bytes()
