@@ -351,7 +351,8 @@ class HubConfig:
     private: Optional[bool] = _f(None, "Create the repo private.")
     revision: Optional[str] = _f(None, "Branch to push to.")
     license: Optional[str] = _f(None, "License for the model card (default: the base model's).")
-    push_checkpoints: bool = _f(False, "Push checkpoints to a branch during training, in the background.")
+    push_checkpoints: bool = _f(False, "Push checkpoints to a branch during training, in the background (not with "
+                                "model.adapter: its checkpoints hold the backbone's weights too).")
     checkpoint_branch: str = _f("checkpoints", "Branch that receives the checkpoints.")
     merge_adapter: bool = _f(
         False, "With model.adapter: also merge the adapter into the backbone after the run and write the result as a "
@@ -374,11 +375,16 @@ class FinetuneConfig:
         """Rules between sections (each section checks its own fields first).
 
         Raises:
-            ConfigError: ``hub.merge_adapter`` without ``model.adapter``.
+            ConfigError: ``hub.merge_adapter`` without ``model.adapter``; ``hub.push_checkpoints`` with it.
         """
         if self.hub.merge_adapter and self.model.adapter is None:
             raise ConfigError("hub.merge_adapter = True is invalid: there is no adapter to merge (model.adapter is "
                               "null)", fix="set model.adapter (lora or dora), or drop hub.merge_adapter")
+        if self.hub.push_checkpoints and self.model.adapter is not None:
+            # A checkpoint holds the whole model, so that a resume never depends on the source staying the same.
+            raise ConfigError("hub.push_checkpoints cannot be combined with model.adapter: an adapter run's "
+                              "checkpoints hold the frozen backbone too, which an adapter repo must never carry",
+                              fix="drop hub.push_checkpoints (resume from the local checkpoints)")
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(FinetuneConfig)

@@ -157,6 +157,8 @@ def test_rules_between_fields_sit_on_their_section():
     ({"model": {"adapter": "lora", "pretrained": False}}, "needs the backbone's pretrained weights"),
     ({"model": {"adapter_options": {"r": 4}}}, "model.adapter_options = {'r': 4} would be ignored"),
     ({"hub": {"merge_adapter": True}}, "hub.merge_adapter = True is invalid: there is no adapter to merge"),
+    ({"model": {"adapter": "lora"}, "hub": {"push_checkpoints": True}},
+     "hub.push_checkpoints cannot be combined with model.adapter"),
 ])
 def test_adapter_rules_between_fields_and_sections(data, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
