@@ -36,7 +36,7 @@ from torch import nn
 from hubft.config import ADAPTERS, Rule, above, between
 from hubft.errors import ConfigError, HubftError, ModelError, one_line
 from hubft.files import atomic_write_text
-from hubft.models._adapter_targets import default_targets, describe_candidates, target_pattern
+from hubft.models._adapter_targets import TargetFamily, default_targets, describe_candidates, target_pattern
 from hubft.models._freeze import freeze, unfreeze
 from hubft.models._head import head_module_names
 from hubft.models._weights import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
@@ -154,20 +154,8 @@ def add_adapter(model: nn.Module, adapter: str = "lora", **options: Any) -> nn.M
     import peft
 
     model = _bare(model)
-    heads = head_module_names(model)
     config = lora_config(adapter, options)
-    family = None
-    if config.target_modules is None:
-        family, names = default_targets(model)
-        pattern = target_pattern(names, model)
-        config.target_modules = pattern if isinstance(pattern, str) else set(pattern)
-    config.modules_to_save = [*heads, *(m for m in config.modules_to_save or () if m not in heads)]
-    adapted = [n for n, _ in model.named_modules() if n and bool(peft.tuners.tuners_utils.check_target_module_exists(
-        config, n))]
-    if not adapted:
-        raise ConfigError(f"model.adapter_options target_modules = {config.target_modules!r} matches no module of "
-                          f"{type(model).__name__} outside its head",
-                          fix=f"name modules of this model, e.g. from {describe_candidates(model)}")
+    family = _choose_targets(model, config, options)
     freeze(model)
     try:
         wrapped = peft.get_peft_model(model, config)
@@ -176,15 +164,40 @@ def add_adapter(model: nn.Module, adapter: str = "lora", **options: Any) -> nn.M
         raise ConfigError(f"peft cannot add a {adapter} adapter to {type(model).__name__} with options "
                           f"{dict(options)!r}: {one_line(err)}", fix="change model.adapter_options") from None
     _check_saved_modules(wrapped, config.modules_to_save)
+    targets = config.target_modules
     model.hubft_adapter = {
         "kind": adapter, "family": family.name if family else "custom",
         "targets": family.description if family else "the modules named in target_modules",
-        "target_modules": config.target_modules if isinstance(config.target_modules, str)
-        else sorted(config.target_modules), "modules": len(adapted), "r": config.r, "alpha": config.lora_alpha,
-        "dropout": config.lora_dropout, "modules_to_save": list(config.modules_to_save),
+        "target_modules": targets if isinstance(targets, str) else sorted(targets),
+        "modules": sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in model.modules()), "r": config.r,
+        "alpha": config.lora_alpha, "dropout": config.lora_dropout, "modules_to_save": list(config.modules_to_save),
         "options": json.loads(json.dumps(dict(options), default=str)),
     }
     return wrapped
+
+
+def _choose_targets(model: nn.Module, config, options: Mapping[str, Any]) -> TargetFamily | None:
+    """Fill in ``config``'s targets (the family's defaults unless given) and ``modules_to_save`` (the head first);
+    returns the family, or None for targets the user named.
+
+    Raises:
+        ConfigError: No family fits, or the named targets match no module outside the head.
+    """
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    family = None
+    if config.target_modules is None:
+        family, names = default_targets(model)
+        pattern = target_pattern(names, model)
+        config.target_modules = pattern if isinstance(pattern, str) else set(pattern)
+    heads = head_module_names(model)
+    config.modules_to_save = [*heads, *(m for m in config.modules_to_save or () if m not in heads)]
+    if not any(n and check_target_module_exists(config, n) for n, _ in model.named_modules()):
+        wanted = options.get("target_modules", config.target_modules)  # as given: peft keeps a list as a set
+        raise ConfigError(f"model.adapter_options target_modules = {wanted!r} matches no module of "
+                          f"{type(model).__name__} outside its head",
+                          fix=f"name modules of this model, e.g. from {describe_candidates(model)}")
+    return family
 
 
 def _bare(model: nn.Module) -> nn.Module:
@@ -233,7 +246,7 @@ def _base_name(source: dict | None) -> str | None:
     return source.get("source") if source.get("kind") == "timm" else source.get("path")
 
 
-def _record(base: nn.Module) -> dict:
+def _config_record(base: nn.Module) -> dict:
     from hubft.models._save import _hubft_version
 
     cfg = base.pretrained_cfg
@@ -270,7 +283,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         config = json.loads((Path(tmp) / ADAPTER_CONFIG_NAME).read_text())
         config["base_model_name_or_path"] = _base_name(source)
         config["revision"] = (source or {}).get("revision") if (source or {}).get("kind") == "hub" else None
-        config["auto_mapping"] = {**(config.get("auto_mapping") or {}), HUBFT_KEY: _record(base)}
+        config["auto_mapping"] = {**(config.get("auto_mapping") or {}), HUBFT_KEY: _config_record(base)}
         os.replace(Path(tmp) / ADAPTER_WEIGHTS_NAME, directory / ADAPTER_WEIGHTS_NAME)
     atomic_write_text(directory / ADAPTER_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
     return directory
