@@ -207,8 +207,12 @@ def test_push_load_anywhere_and_merge(hub, api, repo_id, sources, tmp_path, tiny
                      "config.yaml", "metrics.json", *PLOTS}
     pushed = json.loads(open(api.hf_hub_download(adapter_repo, "adapter_config.json")).read())
     assert (pushed["base_model_name_or_path"], pushed["revision"]) == (base_repo, base_sha)
-    card = ModelCard.load(adapter_repo).data
-    assert (card.library_name, card.base_model) == ("peft", base_repo) and "lora" in card.tags
+    card = ModelCard.load(adapter_repo)
+    assert (card.data.library_name, card.data.base_model) == ("peft", base_repo) and "lora" in card.data.tags
+    # The card's snippet is the load done below, and it states the trainable share.
+    assert f'timm.create_model("hf-hub:{base_repo}", pretrained=True, num_classes=4)' in card.text
+    assert f'PeftModel.from_pretrained(base, "{adapter_repo}")' in card.text
+    assert re.search(r"\| trainable parameters \| [\d,]+ of [\d,]+ \(\d+\.\d\d%\) \|", card.text)
     base = timm.create_model(f"hf-hub:{base_repo}", pretrained=True, num_classes=4)
     assert torch.equal(_logits(PeftModel.from_pretrained(base, adapter_repo)), trained)
     loaded = hubft.from_pretrained(f"hf-hub:{adapter_repo}")
