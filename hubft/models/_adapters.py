@@ -35,7 +35,7 @@ from torch import nn
 
 from hubft.config import ADAPTERS, Rule, above, between
 from hubft.errors import ConfigError, HubftError, ModelError, one_line
-from hubft.files import atomic_write_text
+from hubft.files import atomic_write, atomic_write_text
 from hubft.models._adapter_targets import TargetFamily, default_targets, describe_candidates, target_pattern
 from hubft.models._freeze import freeze, unfreeze
 from hubft.models._head import head_module_names
@@ -284,7 +284,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
         config["base_model_name_or_path"] = _base_name(source)
         config["revision"] = (source or {}).get("revision") if (source or {}).get("kind") == "hub" else None
         config["auto_mapping"] = {**(config.get("auto_mapping") or {}), HUBFT_KEY: _config_record(base)}
-        os.replace(Path(tmp) / ADAPTER_WEIGHTS_NAME, directory / ADAPTER_WEIGHTS_NAME)
+        # Moved through atomic_write, which flushes it to disk before it takes the final name.
+        atomic_write(directory / ADAPTER_WEIGHTS_NAME, lambda path: os.replace(Path(tmp) / ADAPTER_WEIGHTS_NAME, path))
     atomic_write_text(directory / ADAPTER_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
     return directory
 
