@@ -4,7 +4,8 @@ The public API, by stage:
 
 - Backbones: :func:`create_model` (timm name, timm tag, ``hf-hub:owner/name``, ``local-dir:PATH``) strips the
   classifier and re-initialises a head for your labels; :func:`freeze` / :func:`unfreeze`;
-  :func:`save_pretrained` / :func:`from_pretrained` (safetensors + timm ``config.json``).
+  :func:`save_pretrained` / :func:`from_pretrained` (safetensors + timm ``config.json``); :func:`add_adapter` /
+  :func:`merge_adapter` (LoRA / DoRA through peft; an adapter saves and loads as a peft adapter).
 - Losses: :func:`create_loss`, :func:`list_losses`, :func:`register_loss`.
 - Learning rates: :func:`param_groups`, :func:`create_optimizer`, :func:`create_scheduler` (its ``step()`` works
   like a torch scheduler's), :func:`lr_curve`, :func:`find_lr` / :func:`lr_find` (the LR range test).
@@ -34,7 +35,8 @@ from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, load_
 # Everything below imports torch and timm (seconds): loaded on first use, so `hubft --help`, `hubft hub serve` and
 # `import hubft.testing` start fast.
 _LAZY = {
-    "hubft.models": ("create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained"),
+    "hubft.models": ("create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained", "add_adapter",
+                     "merge_adapter"),
     "hubft.losses": ("create_loss", "list_losses", "register_loss"),
     "hubft.optim": ("param_groups", "format_param_groups", "create_optimizer", "list_optimizers",
                     "register_optimizer", "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve",
@@ -56,7 +58,8 @@ if TYPE_CHECKING:  # the same names as _LAZY, for type checkers and IDEs (a test
     from hubft.data import create_transforms, load_data
     from hubft.hub.push import pull_from_hub, push_to_hub
     from hubft.losses import create_loss, list_losses, register_loss
-    from hubft.models import create_model, freeze, from_pretrained, save_pretrained, unfreeze
+    from hubft.models import (add_adapter, create_model, freeze, from_pretrained, merge_adapter, save_pretrained,
+                              unfreeze)
     from hubft.optim import (create_optimizer, create_scheduler, find_lr, format_param_groups, list_optimizers,
                              list_schedulers, lr_curve, param_groups, register_optimizer, register_scheduler)
     from hubft.tasks import Task, get_task, list_tasks, register_task
@@ -86,7 +89,7 @@ __all__ = [
     "HubftError", "ConfigError", "ModelError", "WeightsError", "DataError", "HubError", "CheckpointError",
     "TrainingError",
     "FinetuneConfig", "config_from_dict", "config_to_dict", "load_config", "parse_finetune_args",
-    "create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained",
+    "create_model", "freeze", "unfreeze", "save_pretrained", "from_pretrained", "add_adapter", "merge_adapter",
     "create_loss", "list_losses", "register_loss",
     "param_groups", "format_param_groups", "create_optimizer", "list_optimizers", "register_optimizer",
     "create_scheduler", "list_schedulers", "register_scheduler", "lr_curve", "lr_curve_for_config", "find_lr", "lr_find",

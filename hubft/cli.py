@@ -1,9 +1,9 @@
 """The ``hubft`` command.
 
-Sub-commands: ``finetune``, ``push``, ``pull``, ``eval``, ``predict``, ``export``, ``plot-lr``, ``lr-find``,
-``config``, and the local Hub's ``hub serve`` / ``hub token add|revoke`` / ``hub fsck`` / ``hub mirror``. Every
-``--section.field`` flag of ``finetune`` / ``plot-lr`` / ``lr-find`` / ``config`` is generated from
-:class:`hubft.FinetuneConfig`, so flags and config fields cannot drift apart.
+Sub-commands: ``finetune``, ``push``, ``pull``, ``merge``, ``eval``, ``predict``, ``export``, ``plot-lr``,
+``lr-find``, ``config``, and the local Hub's ``hub serve`` / ``hub token add|revoke`` / ``hub fsck`` /
+``hub mirror``. Every ``--section.field`` flag of ``finetune`` / ``plot-lr`` / ``lr-find`` / ``config`` is generated
+from :class:`hubft.FinetuneConfig`, so flags and config fields cannot drift apart.
 
 Exit codes: 0 success; 1 an unexpected internal error; 2 bad input (config, data, model, Hub, checkpoint: a
 one-line cause and fix); 3 training stopped (a non-finite loss, a full disk: the checkpoints written so far are
@@ -97,6 +97,21 @@ def _cmd_pull(args: argparse.Namespace, rest: list[str]) -> int:
         make_dir(args.output_dir, key="--output-dir")
     path = pull_from_hub(args.repo_id, args.output_dir, revision=args.revision)
     print(f"hubft: pulled {args.repo_id} into {path}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace, rest: list[str]) -> int:
+    from hubft.hub.merge import merge_adapter_dir
+    from hubft.hub.push import push_to_hub
+    from hubft.hub.repo_id import check_repo_id
+
+    if args.push is not None:
+        check_repo_id(args.push, key="--push")
+    report = merge_adapter_dir(args.adapter, args.output_dir, repo_id=args.push, revision=args.revision)
+    print(f"hubft: merged {args.adapter} into its backbone: {report.path} (logits within {report.max_abs_diff:.2g} "
+          "of the adapter model's)")
+    if args.push is not None:
+        print(f"hubft: pushed to {push_to_hub(report.path, args.push, private=args.private or None)}")
     return 0
 
 
@@ -351,6 +366,15 @@ def _add_training_commands(sub) -> None:
     s.add_argument("-o", "--output-dir", default=None)
     s.add_argument("--revision", default=None)
     s.set_defaults(func=_cmd_pull)
+
+    s = sub.add_parser("merge", help="Merge an adapter (a run directory or Hub repo) into its backbone: a plain "
+                                     "timm model directory, loadable without peft.")
+    s.add_argument("adapter", help="An adapter run's directory, local-dir:PATH, owner/name or hf-hub:owner/name.")
+    s.add_argument("output_dir", help="Where the merged model goes (model.safetensors, config.json, card).")
+    s.add_argument("--push", metavar="OWNER/NAME", default=None, help="Push the merged model to this repo.")
+    s.add_argument("--private", action="store_true", help="Create the pushed repo private.")
+    s.add_argument("--revision", default=None, help="Revision of a Hub adapter.")
+    s.set_defaults(func=_cmd_merge)
 
     s = sub.add_parser("plot-lr", help="Plot each parameter group's LR curve for a config (or --all schedules).")
     s.add_argument("-o", "--output", default="lr.png", help="PNG path (a CSV is written beside it).")

@@ -25,6 +25,7 @@ import yaml
 from hubft.errors import ConfigError, one_line
 
 __all__ = [
+    "ADAPTERS",
     "Freeze",
     "Rule",
     "FinetuneConfig",
@@ -133,6 +134,8 @@ class Freeze:
 
 
 _FREEZE_TEXT = "false, true, 'body' or a number of stages >= 0"
+ADAPTERS = ("lora", "dora")
+"""The values of ``model.adapter`` besides null: peft's LoRA, and LoRA with DoRA's weight decomposition."""
 
 
 def _freeze_ok(value: Any) -> bool:
@@ -163,6 +166,17 @@ class ModelConfig:
                                     rule=optional(between(0, 1, closed="[)")))
     drop_path_rate: Optional[float] = _f(None, "Stochastic depth rate (timm drop_path_rate).",
                                          rule=optional(between(0, 1, closed="[)")))
+    adapter: Optional[str] = _f(
+        None, "Train low-rank adapters (peft) instead of the backbone: lora, dora, or null (train the backbone). "
+        "The new head is trained fully; the rest is frozen, BatchNorm statistics included. The run writes an adapter "
+        "(adapter_model.safetensors + adapter_config.json) that loads on its base model with peft alone. Needs "
+        "model.pretrained; refuses model.freeze (the adapter already freezes the body).",
+        rule=Rule("null, lora or dora", lambda v: v is None or v in ADAPTERS))
+    adapter_options: dict = _f(
+        {}, "peft.LoraConfig options of model.adapter, e.g. {r: 16, alpha: 32, dropout: 0.1}: r, alpha "
+        "(lora_alpha), dropout (lora_dropout), target_modules (default: chosen per model family: attention and MLP "
+        "linears of ViTs, MLP linears of ConvNeXts, block convolutions of ResNets), or any other LoraConfig field; "
+        "peft's defaults otherwise.")
 
     @property
     def frozen(self) -> Freeze:
@@ -178,12 +192,27 @@ class ModelConfig:
         """Rules between this section's fields.
 
         Raises:
-            ConfigError: ``unfreeze_epoch`` without ``freeze``.
+            ConfigError: ``unfreeze_epoch`` without ``freeze``; ``adapter`` with ``freeze`` or without
+                ``pretrained``; ``adapter_options`` without ``adapter``.
         """
         if self.unfreeze_epoch is not None and not self.frozen.frozen:
             raise ConfigError(f"model.unfreeze_epoch = {self.unfreeze_epoch!r} is invalid: it must be null, or an "
                               "epoch >= 0 together with model.freeze",
                               fix="set model.freeze (e.g. true), or drop model.unfreeze_epoch")
+        if self.adapter is None:
+            if self.adapter_options:
+                raise ConfigError(f"model.adapter_options = {self.adapter_options!r} would be ignored: "
+                                  "model.adapter is null", fix="set model.adapter (lora or dora), or drop the options")
+            return
+        if self.frozen.frozen:
+            raise ConfigError(f"model.freeze = {self.freeze!r} cannot be combined with model.adapter = "
+                              f"{self.adapter!r}: the adapter run already freezes everything but the adapters and "
+                              "the head", fix="drop model.freeze (and model.unfreeze_epoch)")
+        if not self.pretrained:
+            # The adapter is saved without the base weights: it only means something on top of weights that can be
+            # downloaded again.
+            raise ConfigError(f"model.adapter = {self.adapter!r} needs the backbone's pretrained weights, but "
+                              "model.pretrained is false", fix="set model.pretrained: true, or drop model.adapter")
 
 
 @dataclass
@@ -322,8 +351,14 @@ class HubConfig:
     private: Optional[bool] = _f(None, "Create the repo private.")
     revision: Optional[str] = _f(None, "Branch to push to.")
     license: Optional[str] = _f(None, "License for the model card (default: the base model's).")
-    push_checkpoints: bool = _f(False, "Push checkpoints to a branch during training, in the background.")
+    push_checkpoints: bool = _f(False, "Push checkpoints to a branch during training, in the background (not with "
+                                "model.adapter: its checkpoints hold the backbone's weights too).")
     checkpoint_branch: str = _f("checkpoints", "Branch that receives the checkpoints.")
+    merge_adapter: bool = _f(
+        False, "With model.adapter: also merge the adapter into the backbone after the run and write the result as a "
+        "plain timm model (model.safetensors + config.json, card, metrics) in <train.output_dir>/merged; hub.push "
+        "then pushes that instead of the adapter (push the adapter itself with `hubft push <train.output_dir> "
+        "OWNER/NAME`).")
 
 
 @dataclass
@@ -335,6 +370,21 @@ class FinetuneConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+
+    def check(self) -> None:
+        """Rules between sections (each section checks its own fields first).
+
+        Raises:
+            ConfigError: ``hub.merge_adapter`` without ``model.adapter``; ``hub.push_checkpoints`` with it.
+        """
+        if self.hub.merge_adapter and self.model.adapter is None:
+            raise ConfigError("hub.merge_adapter = True is invalid: there is no adapter to merge (model.adapter is "
+                              "null)", fix="set model.adapter (lora or dora), or drop hub.merge_adapter")
+        if self.hub.push_checkpoints and self.model.adapter is not None:
+            # A checkpoint holds the whole model, so that a resume never depends on the source staying the same.
+            raise ConfigError("hub.push_checkpoints cannot be combined with model.adapter: an adapter run's "
+                              "checkpoints hold the frozen backbone too, which an adapter repo must never carry",
+                              fix="drop hub.push_checkpoints (resume from the local checkpoints)")
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(FinetuneConfig)
@@ -511,6 +561,7 @@ def check_config(config: FinetuneConfig) -> None:
         check = getattr(getattr(config, section), "check", None)
         if check is not None:
             check()
+    config.check()
 
 
 def config_to_dict(config: FinetuneConfig) -> dict:

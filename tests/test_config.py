@@ -1,6 +1,7 @@
 """The config: dataclasses are the single source of truth for YAML keys and CLI flags."""
 
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -127,6 +128,7 @@ BAD_AND_GOOD = {
     "data.image_size": (4, 8), "data.re_prob": (1.5, 1.0), "data.hflip": (-0.1, 0.0), "data.mixup_alpha": (-1.0, 0.0),
     "data.mixup_off_epoch": (-1, 0), "data.max_per_class": (0, 1),
     "model.freeze": (-2, "body"), "model.drop_rate": (1.0, 0.0), "model.drop_path_rate": (-0.1, None),
+    "model.adapter": ("qlora", "dora"),
 }
 
 
@@ -148,6 +150,26 @@ def test_rules_between_fields_sit_on_their_section():
     with pytest.raises(ConfigError, match="data.color_jitter = 0.4 would be ignored"):
         config_from_dict({"data": {"auto_augment": "rand-m9-mstd0.5", "color_jitter": 0.4}})
     assert config_from_dict({"model": {"freeze": True, "unfreeze_epoch": 2}}).model.unfreezes
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"model": {"adapter": "lora", "freeze": True}}, "model.freeze = True cannot be combined with model.adapter"),
+    ({"model": {"adapter": "lora", "pretrained": False}}, "needs the backbone's pretrained weights"),
+    ({"model": {"adapter_options": {"r": 4}}}, "model.adapter_options = {'r': 4} would be ignored"),
+    ({"hub": {"merge_adapter": True}}, "hub.merge_adapter = True is invalid: there is no adapter to merge"),
+    ({"model": {"adapter": "lora"}, "hub": {"push_checkpoints": True}},
+     "hub.push_checkpoints cannot be combined with model.adapter"),
+])
+def test_adapter_rules_between_fields_and_sections(data, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config_from_dict(data)
+
+
+def test_an_adapter_config_reads_from_flags():
+    c = parse_finetune_args(["--model.adapter", "dora", "--model.adapter_options", "{r: 16, alpha: 32}",
+                             "--hub.merge_adapter", "true"])
+    assert (c.model.adapter, c.model.adapter_options, c.hub.merge_adapter) == ("dora", {"r": 16, "alpha": 32}, True)
+    assert parse_finetune_args(["--model.adapter", "null"]).model.adapter is None
 
 
 def test_a_flag_can_correct_a_value_the_file_gets_wrong(tmp_path):

@@ -16,7 +16,36 @@ MODEL_CARD_TEMPLATE = """\
 {% if labels %}**Labels** ({{ labels | length }}, in output order): {{ labels | map("tojson") | join(", ") }}
 {% endif %}
 ## How to use
+{% if adapter_kind %}
+This repo holds a `{{ adapter_kind }}` adapter (peft) for {{ base_label }}, not a whole model:
+`adapter_model.safetensors` holds the adapter weights and the new head, `adapter_config.json` names the backbone.
 
+With timm and peft alone:
+
+```python
+import timm
+from peft import PeftModel
+
+base = timm.create_model("{{ base_timm }}", pretrained=True, num_classes={{ labels | length }})
+model = PeftModel.from_pretrained(base, "{{ repo_id }}").eval()
+```
+
+With hubft, which builds the backbone itself (the labels are in `model.label_names`):
+
+```python
+import hubft
+
+model = hubft.from_pretrained("hf-hub:{{ repo_id }}").eval()
+```
+
+From the command line (`hubft merge` writes a plain timm model, which loads without peft):
+
+```bash
+hubft merge {{ repo_id }} ./merged [--push <owner>/<name>]
+hubft predict {{ repo_id }} photos/ --top-k 3 -o predictions.jsonl
+hubft eval {{ repo_id }} --data.name <owner/dataset>
+```
+{% else %}
 With timm (the labels are in `model.pretrained_cfg["label_names"]`):
 
 ```python
@@ -57,7 +86,7 @@ hubft predict {{ repo_id }} photos/ --top-k 3 -o predictions.jsonl
 hubft eval {{ repo_id }} --data.name <owner/dataset>
 hubft finetune --model.name hf-hub:{{ repo_id }} --data.name <owner/dataset>
 ```
-
+{% endif %}
 ## Training procedure
 
 | setting | value |

@@ -1,9 +1,10 @@
 """The model card: structured metadata (``ModelCardData`` + ``EvalResult``) and a body rendered from a template.
 
-The card is rendered from what a run directory holds (``config.json``, ``config.yaml``, ``metrics.json`` and the
-plots), so ``hubft push`` renders it again with the real repo id, and it is validated locally (parsed back the way
-the Hub parses it, the eval results recovered) before anything is uploaded. A directory written by
-:func:`hubft.save_pretrained` alone (no metrics) still gets a valid card, without results.
+The card is rendered from what a run directory holds (``config.json`` or an adapter's ``adapter_config.json``,
+``config.yaml``, ``metrics.json`` and the plots), so ``hubft push`` renders it again with the real repo id, and it
+is validated locally (parsed back the way the Hub parses it, the eval results recovered) before anything is
+uploaded. A directory written by :func:`hubft.save_pretrained` alone (no metrics) still gets a valid card, without
+results.
 
 Local paths (a ``local-dir:`` backbone, an image folder) appear in the card by their last component only: the card
 is public, the user's directory layout is not.
@@ -44,12 +45,23 @@ _TAGS = ("hubft", "timm")
 
 @dataclass(frozen=True)
 class _Run:
-    """What a run directory says about itself (empty dicts for files that are absent)."""
+    """What a run directory says about itself (empty dicts for files that are absent).
+
+    ``model`` is timm's ``config.json``; for an adapter directory, the same keys read from ``adapter_config.json``'s
+    hubft record, and ``peft`` the adapter config itself.
+    """
 
     root: Path
     model: dict
     metrics: dict
     config: dict
+    peft: dict
+
+    @property
+    def adapter(self) -> dict:
+        """The adapter's settings, as the run and the model record them (a merged model says so); ``{}`` for a
+        full run."""
+        return {**(self.facts.get("adapter") or {}), **((self.model.get("hubft") or {}).get("adapter") or {})}
 
     @property
     def facts(self) -> dict:
@@ -81,8 +93,12 @@ def _read_run(output_dir: str | os.PathLike) -> _Run:
             return {}
         return value if isinstance(value, dict) else {}
 
-    return _Run(root, read("config.json", json.loads), read("metrics.json", json.loads),
-                read("config.yaml", _safe_yaml))
+    model, peft = read("config.json", json.loads), read("adapter_config.json", json.loads)
+    if not model and peft:
+        record = (peft.get("auto_mapping") or {}).get("hubft") or {}
+        model = {"architecture": record.get("architecture"), "label_names": record.get("label_names"),
+                 "hubft": {k: record.get(k) for k in ("source", "task", "adapter")}}
+    return _Run(root, model, read("metrics.json", json.loads), read("config.yaml", _safe_yaml), peft)
 
 
 def _safe_yaml(text: str) -> Any:
@@ -161,10 +177,11 @@ def _card_data(run: _Run, *, repo_id: str | None, license: str | None, token: st
     ds, task = run.dataset, run.task
     dataset_id, _, _ = _dataset_names(ds)
     eval_results = eval_results_for(task, ds, run.metrics.get("final") or {})
-    tags = [*_TAGS, *task.tags]
+    adapter_tags = (["peft"] if run.peft else []) + ([run.adapter["kind"]] if run.adapter.get("kind") else [])
+    tags = [*_TAGS, *adapter_tags, *task.tags]
     license = license or (run.config.get("hub") or {}).get("license") or _base_model_license(run.base, token)
     return ModelCardData(
-        library_name="timm", pipeline_tag=task.pipeline_tag, license=license, tags=tags,
+        library_name="peft" if run.peft else "timm", pipeline_tag=task.pipeline_tag, license=license, tags=tags,
         base_model=run.base.get("repo_id"), datasets=[dataset_id] if dataset_id else None,
         metrics=sorted({r.metric_type for r in eval_results}) or None,
         model_name=(repo_id or "model").split("/")[-1], eval_results=eval_results or None,
@@ -234,7 +251,28 @@ def _procedure(run: _Run) -> list[tuple[str, str]]:
                        else "fp32") + f" on {_fmt(f.get('device'))}" + (", channels-last" if f.get("channels_last") else "")),
         ("seed", _fmt(f.get("seed"))),
     ]
-    return rows if f else rows[:2]
+    return (rows if f else rows[:2]) + _adapter_rows(run)
+
+
+def _adapter_rows(run: _Run) -> list[tuple[str, str]]:
+    """The adapter's settings and the trainable parameters, for an adapter run (or a model merged from one)."""
+    a, f = run.adapter, run.facts
+    rows = []
+    if a:
+        merged = " (merged into the weights: this is a plain timm model)" if a.get("merged") and not run.peft else ""
+        rows.append(("adapter", f"`{a.get('kind')}` (peft), r={_fmt(a.get('r'))}, alpha={_fmt(a.get('alpha'))}, "
+                                f"dropout={_fmt(a.get('dropout'))}, on {_fmt(a.get('modules'))} modules: "
+                                f"{a.get('targets')}; the new head trained fully, the rest frozen{merged}"))
+        rows.append(("adapter target_modules", f"`{_cell(a.get('target_modules'))}`"))
+    if f.get("trainable_parameters") is not None and f.get("parameters"):
+        share = f["trainable_parameters"] / f["parameters"]
+        rows.append(("trainable parameters", f"{f['trainable_parameters']:,} of {f['parameters']:,} ({share:.2%})"))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    """A value inside a markdown table cell and code span ("|" would end the cell)."""
+    return str(value).replace("|", "\\|")
 
 
 def _augmentation(f: dict) -> str:
@@ -275,12 +313,14 @@ def render_model_card(output_dir: str | os.PathLike, *, repo_id: str | None = No
                       token: str | bool | None = None) -> str:
     """Render the README.md model card of a run directory.
 
-    Metadata: ``library_name: timm``, the task's ``pipeline_tag`` and tags, license, ``base_model`` (the
-    source repo), ``datasets`` (a Hub dataset id), ``metrics`` and a ``model-index`` whose eval results (top-1,
+    Metadata: ``library_name: timm`` (``peft`` for an adapter directory, tagged ``peft`` and ``lora`` / ``dora``),
+    the task's ``pipeline_tag`` and tags, license, ``base_model`` (the source repo), ``datasets`` (a Hub dataset id), ``metrics`` and a ``model-index`` whose eval results (top-1,
     top-5, F1 or mAP, with the dataset id or local kind, split and revision) ``ModelCard.load(...).data
-    .eval_results`` returns. Body: the model and its labels, loading snippets with ``repo_id``, the training
-    procedure (base model and dataset with their revisions, loss, optimizer, per-group learning rates, schedule
-    and warmup, epochs, effective batch size, processes, precision, seed), augmentation and regularisation, final
+    .eval_results`` returns. Body: the model and its labels, loading snippets with ``repo_id`` (for an adapter:
+    with peft on the backbone, with hubft, and ``hubft merge``), the training procedure (base model and dataset with
+    their revisions, loss, optimizer, per-group learning rates, schedule and warmup, epochs, effective batch size,
+    processes, precision, seed, the adapter's settings and the trainable parameters), augmentation and
+    regularisation, final
     and best results with per-class scores, the plots present in the directory, and framework versions.
 
     Args:
@@ -318,9 +358,24 @@ def _render(run: _Run, data: ModelCardData, repo_id: str | None) -> str:
         plots=[(name, caption) for name, caption in PLOTS.items() if (run.root / name).is_file()],
         frameworks=list((f.get("frameworks") or {}).items()),
     )
-    text = _card_template().render(data.to_dict() | variables, card_data=data.to_yaml())
+    text = _card_template().render(data.to_dict() | variables | _usage(run), card_data=data.to_yaml())
     # Optional template sections leave runs of blank lines behind; markdown renders one the same.
     return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def _usage(run: _Run) -> dict:
+    """Template variables of the "How to use" section of an adapter: how timm builds its backbone."""
+    if not run.peft:
+        return {"adapter_kind": None}
+    base = run.base
+    if base.get("kind") == "hub":
+        timm_name = f"hf-hub:{base['repo_id']}"
+    elif base.get("kind") == "local":
+        timm_name = f"local-dir:{local_name(base.get('path'))}"
+    else:
+        timm_name = base.get("source") or run.model.get("architecture") or "<backbone>"
+    return {"adapter_kind": run.adapter.get("kind") or "LoRA", "base_timm": timm_name,
+            "base_label": _base_label(base, run.model)}
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,10 +1,10 @@
 """Push a finished run to a Hub in one commit, and pull one back.
 
-Only an allowlist of files is uploaded (weights, timm config, card, training config, metrics, plots): checkpoints,
-logs, a stray ``.env`` and anything else in the folder stay local. The files are staged in a temporary directory
-(hard links, plus the card rendered for the real repo id and validated there, and the configs and metrics with
-absolute local paths cut to their last component, as the card shows them), so the run directory itself is never
-changed, whether the push succeeds or not.
+Only an allowlist of files is uploaded (weights and timm config, or an adapter's files; card, training config,
+metrics, plots): checkpoints, logs, a stray ``.env`` and anything else in the folder stay local. The files are
+staged in a temporary directory (hard links, plus the card rendered for the real repo id and validated there, and the
+configs and metrics with absolute local paths cut to their last component, as the card shows them), so the run
+directory itself is never changed, whether the push succeeds or not.
 
 Why a retried push makes exactly one commit: every attempt reads the branch head and commits with it as
 ``parent_commit``. huggingface_hub leaves out of a commit the files the head already holds, so an attempt that
@@ -36,14 +36,17 @@ from hubft.hub.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_tran
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-__all__ = ["push_to_hub", "pull_from_hub", "UPLOAD_ALLOWLIST", "RetryPolicy"]
+__all__ = ["push_to_hub", "pull_from_hub", "ADAPTER_FILES", "MODEL_FILES", "UPLOAD_ALLOWLIST", "RetryPolicy"]
 
 logger = logging.getLogger(__name__)
 
-UPLOAD_ALLOWLIST = ("model.safetensors", "config.json", "README.md", "config.yaml", "metrics.json", *PLOTS)
+MODEL_FILES = ("model.safetensors", "config.json")
+"""A full model: timm's weights and config."""
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+"""A peft adapter (an adapter run's output): its weights, with the head, and its config. Never the base weights."""
+UPLOAD_ALLOWLIST = (*MODEL_FILES, *ADAPTER_FILES, "README.md", "config.yaml", "metrics.json", *PLOTS)
 """The only files :func:`push_to_hub` uploads (those present), and :func:`pull_from_hub` downloads."""
 
-_REQUIRED = ("model.safetensors", "config.json")
 _DEFAULT_MESSAGE = "Upload fine-tuned model with hubft"
 
 
@@ -61,7 +64,8 @@ def push_to_hub(
     """Upload a run directory to ``repo_id`` as one commit and return the commit (or pull request) URL.
 
     The files of :data:`UPLOAD_ALLOWLIST` present in ``output_dir`` are uploaded, with the model card rendered
-    again for ``repo_id`` and validated before anything is sent. The repo is created if missing (``private``
+    again for ``repo_id`` and validated before anything is sent. The directory holds a full model
+    (:data:`MODEL_FILES`) or an adapter (:data:`ADAPTER_FILES`), never both. The repo is created if missing (``private``
     applies only then), and so is the ``revision`` branch (from ``main``). Transient failures (429, 5xx, a dropped
     connection, a timeout) are retried: by huggingface_hub inside uploads and downloads, by hubft around every other
     step, both honouring ``Retry-After``. A push of files the branch already holds makes no commit and returns the
@@ -83,9 +87,10 @@ def push_to_hub(
 
     Raises:
         ConfigError: ``repo_id`` breaks the Hub's rules (before anything else happens).
-        HubError: ``output_dir`` lacks the model files; a staged file contains the token; the Hub stays
-            unreachable or keeps failing after the retries, or refuses the push (401, 403, 404, ...). The message
-            says which, and that the run directory is intact; ``hubft push`` can be run again.
+        HubError: ``output_dir`` lacks the model files, or holds a full model and an adapter; a staged file contains
+            the token; the Hub stays unreachable or keeps failing after the retries, or refuses the push (401, 403,
+            404, ...). The message says which, and that the run directory is intact; ``hubft push`` can be run
+            again.
         WeightsError: The weights contain NaN or inf.
 
     Examples:
@@ -97,12 +102,7 @@ def push_to_hub(
 
     check_repo_id(repo_id)
     out = Path(output_dir)
-    for required in _REQUIRED:
-        if not (out / required).is_file():
-            raise HubError(f"{str(out / required)!r} is missing; there is no model to push",
-                           fix="point `hubft push` at a finished run directory (it holds model.safetensors and "
-                               "config.json)")
-    _check_finite_weights(out / "model.safetensors")
+    _check_finite_weights(out / _model_files(out)[0])
     policy = retry or DEFAULT_RETRY
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="hubft-push-") as tmp:
@@ -121,6 +121,27 @@ def push_to_hub(
             if not is_transient(e):
                 raise
             raise _push_error(e, out, repo_id, policy) from None
+
+
+def _model_files(out: Path) -> tuple[str, str]:
+    """The model files of a run directory: :data:`MODEL_FILES` or :data:`ADAPTER_FILES`.
+
+    Raises:
+        HubError: Neither complete set is there, or both are (a full push must never carry a stale adapter, and an
+            adapter push never the full weights).
+    """
+    adapter = any((out / name).is_file() for name in ADAPTER_FILES)
+    if adapter and any((out / name).is_file() for name in MODEL_FILES):
+        raise HubError(f"{str(out)!r} holds both a full model ({', '.join(MODEL_FILES)}) and an adapter "
+                       f"({', '.join(ADAPTER_FILES)}); refusing to guess which to push",
+                       fix="remove the files of the one that is stale (or run again into a new train.output_dir)")
+    files = ADAPTER_FILES if adapter else MODEL_FILES
+    for required in files:
+        if not (out / required).is_file():
+            raise HubError(f"{str(out / required)!r} is missing; there is no model to push",
+                           fix="point `hubft push` at a finished run directory (it holds model.safetensors and "
+                               "config.json, or an adapter's adapter_model.safetensors and adapter_config.json)")
+    return files
 
 
 def _full_repo_id(api: HfApi, repo_id: str) -> str:
@@ -212,7 +233,7 @@ def _stage(out: Path, staging: Path, repo_id: str, token: str | bool | None) -> 
     write_model_card(out, repo_id=repo_id, token=token, path=staging / "README.md")
 
 
-_PUBLIC_COPIES = ("config.yaml", "config.json", "metrics.json")
+_PUBLIC_COPIES = ("config.yaml", "config.json", "adapter_config.json", "metrics.json")
 """Text files whose absolute local paths are cut to their last component on the way up."""
 _ABSOLUTE_PATH = re.compile(r"(local-dir:)?(/|\\\\|~[/\\]|[A-Za-z]:[/\\])")  # POSIX, UNC, home, drive
 _NOT_PATHS = frozenset({"label_names", "classes", "labels"})
@@ -239,7 +260,7 @@ def _public_copy(path: Path) -> str | None:
     if not changed:
         return None
     if path.suffix == ".json":  # indented as their writers indent them (timm's config.json: 2)
-        return json.dumps(public, indent=2 if path.name == "config.json" else 1)
+        return json.dumps(public, indent=2 if path.name.endswith("config.json") else 1)
     return yaml.dump(public, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, allow_unicode=True)
 
 
@@ -381,7 +402,8 @@ def pull_from_hub(repo_id: str, output_dir: str | os.PathLike | None = None, *, 
                        "in the local cache", fix="connect to the Hub (check HF_ENDPOINT) and pull again") from None
     except HfHubHTTPError as e:
         raise HubError(f"downloading {where} failed (HTTP {status_of(e)})", fix="retry later") from None
-    if not (path / "model.safetensors").is_file():
-        raise HubError(f"{where} holds no model.safetensors, so it is not a model hubft or timm pushed",
-                       fix="pull a repo written by `hubft push` or timm's push_to_hf_hub")
+    if not (path / MODEL_FILES[0]).is_file() and not (path / ADAPTER_FILES[0]).is_file():
+        raise HubError(f"{where} holds no model.safetensors (nor an adapter's adapter_model.safetensors), so it is "
+                       "not a model hubft or timm pushed", fix="pull a repo written by `hubft push` or timm's "
+                       "push_to_hf_hub")
     return path

@@ -52,7 +52,9 @@ def create_model(
     The source model is built with its own architecture, arguments and class count, and its weights are loaded
     strictly: any missing, unexpected or mis-shaped key outside the head is an error. Hub and local weights are
     read by hubft (safetensors only; pickle files are refused); weights of timm pretrained tags are loaded by
-    timm, which has per-model converters for them. Then the head:
+    timm, which has per-model converters for them. A source holding a peft adapter (``adapter_config.json``, as
+    an adapter run writes) is loaded on top of its backbone, which is built from the source the adapter records
+    (see :func:`~hubft.models._adapters.load_adapter`); it keeps its head. Otherwise, the head:
 
     * kept, when the source already has these labels: ``label_names`` equal to the source's, or only
       ``num_classes`` given and equal to the source's, or neither given (continued fine-tuning);
@@ -112,6 +114,8 @@ def create_model(
         keep = pretrained and _same_labels(source_classes, source_names, target_classes, names)
     else:
         files = fetch_source_files(spec, weights=pretrained, cache_dir=cache_dir)
+        if files.adapter:
+            return _load_adapter(spec, files, num_classes, label_names, pretrained, cache_dir, timm_kwargs)
         config = read_config(files)
         source_classes, source_names = config.num_classes, config.label_names
         keep = pretrained and _same_labels(source_classes, source_names, target_classes, names)
@@ -165,6 +169,17 @@ def from_pretrained(source: str | os.PathLike[str], *, revision: str | None = No
         # create_model keeps refusing the ambiguous form because there a typo in a path would hit the network.
         source = f"hf-hub:{source}"
     return create_model(source, revision=revision, pretrained=True, **kwargs)
+
+
+def _load_adapter(spec: ModelSource, files: SourceFiles, num_classes: int | None, label_names: Sequence[str] | None,
+                  pretrained: bool, cache_dir: str | None, timm_kwargs: dict[str, Any]) -> nn.Module:
+    from hubft.models._adapters import load_adapter
+
+    if not pretrained:
+        raise ConfigError(f"{files.where} is an adapter, which only exists on top of its backbone's weights",
+                          fix="load it with pretrained=True (hubft.from_pretrained)")
+    return load_adapter(spec, files, num_classes=num_classes, label_names=label_names, cache_dir=cache_dir,
+                        **timm_kwargs)
 
 
 def _is_bare_hub_id(source: str) -> bool:

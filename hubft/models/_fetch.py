@@ -20,7 +20,8 @@ from huggingface_hub.errors import (
 
 from hubft.errors import ConfigError, HubError, ModelError, WeightsError
 from hubft.models._source import ModelSource
-from hubft.models._weights import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME
+from hubft.models._weights import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, CONFIG_NAME, PICKLE_SUFFIXES,
+                                   WEIGHTS_NAME)
 
 __all__ = ["SourceFiles", "fetch_source_files", "unreachable_error"]
 
@@ -32,16 +33,19 @@ class SourceFiles:
     """The files of a local or Hub source.
 
     Attributes:
-        config: Path of ``config.json``.
-        weights: Path of ``model.safetensors``, or None when weights were not asked for.
+        config: Path of ``config.json`` (of ``adapter_config.json`` for an adapter).
+        weights: Path of ``model.safetensors`` (``adapter_model.safetensors``), or None when weights were not asked
+            for.
         commit_sha: For Hub sources, the commit both files were read at.
         where: The source in words, for messages (``Hub repo 'o/n' at 1a2b3c4``, ``local directory '/x'``).
+        adapter: The source is a peft adapter: no ``config.json``, an ``adapter_config.json``.
     """
 
     config: Path
     weights: Path | None
     commit_sha: str | None
     where: str
+    adapter: bool = False
 
 
 def fetch_source_files(source: ModelSource, *, weights: bool, cache_dir: str | None = None) -> SourceFiles:
@@ -49,7 +53,8 @@ def fetch_source_files(source: ModelSource, *, weights: bool, cache_dir: str | N
 
     For a Hub source, ``config.json`` is downloaded at the requested revision; the commit it resolved to (read
     from the snapshot path huggingface_hub returns) pins the weights download, so both files come from one
-    commit even if the branch moves meanwhile.
+    commit even if the branch moves meanwhile. A source without ``config.json`` but with ``adapter_config.json``
+    is a peft adapter: its two files are returned instead, with ``adapter`` set.
 
     Args:
         source: A ``"local"`` or ``"hub"`` source.
@@ -79,32 +84,40 @@ def _local_files(source: ModelSource, *, weights: bool) -> SourceFiles:
         raise ModelError(f"model source {source.spec!r}: {str(directory)!r} {what}",
                          fix="point at a directory holding config.json and model.safetensors")
     config = directory / CONFIG_NAME
+    adapter = not config.is_file() and (directory / ADAPTER_CONFIG_NAME).is_file()
+    if adapter:
+        config = directory / ADAPTER_CONFIG_NAME
     if not config.is_file():
         raise ModelError(f"{where} has no {CONFIG_NAME}",
                          fix="save the model with hubft's save_pretrained or timm's save_for_hf, which write it")
     if not weights:
-        return SourceFiles(config, None, None, where)
-    weights_file = directory / WEIGHTS_NAME
+        return SourceFiles(config, None, None, where, adapter)
+    weights_file = directory / (ADAPTER_WEIGHTS_NAME if adapter else WEIGHTS_NAME)
     if not weights_file.is_file():
         pickles = sorted(p.name for p in directory.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-        raise _no_safetensors(where, pickles)
-    return SourceFiles(config, weights_file, None, where)
+        raise _no_safetensors(where, pickles, weights_file.name)
+    return SourceFiles(config, weights_file, None, where, adapter)
 
 
 def _hub_files(source: ModelSource, *, weights: bool, cache_dir: str | None) -> SourceFiles:
     config = _download(source, CONFIG_NAME, source.revision, cache_dir)
+    adapter = False
+    if config is None:  # asked only of a repo without config.json: a timm repo costs no request more
+        config = _download(source, ADAPTER_CONFIG_NAME, source.revision, cache_dir)
+        adapter = config is not None
     if config is None:
         raise ModelError(f"Hub repo {source.repo_id!r} has no {CONFIG_NAME}, so it is not a timm model repo",
                          fix="use a repo pushed by timm or hubft (with config.json and model.safetensors)")
     # hf_hub_download returns <cache>/snapshots/<commit sha>/<filename>: the commit the revision resolved to.
     sha = config.parent.name if _COMMIT_SHA.fullmatch(config.parent.name) else None
     where = f"Hub repo {source.repo_id!r}" + (f" at {sha[:7]}" if sha else "")
-    weights_file = _download(source, WEIGHTS_NAME, sha or source.revision, cache_dir) if weights else None
+    name = ADAPTER_WEIGHTS_NAME if adapter else WEIGHTS_NAME
+    weights_file = _download(source, name, sha or source.revision, cache_dir) if weights else None
     if weights and weights_file is None:
-        pickle_file = "pytorch_model.bin"
+        pickle_file = "adapter_model.bin" if adapter else "pytorch_model.bin"
         has_pickle = _hub_file_exists(source.repo_id, pickle_file, sha or source.revision)
-        raise _no_safetensors(where, [pickle_file] if has_pickle else [])
-    return SourceFiles(config, weights_file, sha, where)
+        raise _no_safetensors(where, [pickle_file] if has_pickle else [], name)
+    return SourceFiles(config, weights_file, sha, where, adapter)
 
 
 def _download(source: ModelSource, filename: str, revision: str | None, cache_dir: str | None) -> Path | None:
@@ -159,12 +172,12 @@ def unreachable_error(what: str, *, weights: bool = True) -> HubError:
                         f"or {without}")
 
 
-def _no_safetensors(where: str, pickles: list[str]) -> WeightsError:
+def _no_safetensors(where: str, pickles: list[str], name: str = WEIGHTS_NAME) -> WeightsError:
     if pickles:
-        return WeightsError(f"{where} has no {WEIGHTS_NAME}, only pickle weights ({', '.join(pickles)}), which "
+        return WeightsError(f"{where} has no {name}, only pickle weights ({', '.join(pickles)}), which "
                             "hubft refuses to load because unpickling can run arbitrary code",
                             fix="convert them to safetensors where you trust the file (e.g. "
                                 "safetensors.torch.save_file(torch.load(path, weights_only=True), "
                                 "'model.safetensors')), or pass pretrained=False")
-    return WeightsError(f"{where} has no {WEIGHTS_NAME}",
+    return WeightsError(f"{where} has no {name}",
                         fix="save the weights with save_pretrained, or pass pretrained=False for random weights")

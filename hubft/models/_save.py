@@ -24,15 +24,17 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     ``model.safetensors`` holds the full state dict (CPU, contiguous, ``metadata={"format": "pt"}``).
     ``config.json`` is timm's format (``architecture``, ``num_classes``, ``num_features``, ``global_pool``,
     ``label_names``, ``model_args``, ``pretrained_cfg`` with timm's fields only), plus a top-level ``hubft`` block
-    (``format``, ``hubft_version``, ``source``: the model's ``hubft_source``, and ``task``: its ``hubft_task``, the
-    task it was fine-tuned for, when a run set one). The same file loads with transformers' ``TimmWrapper``
+    (``format``, ``hubft_version``, ``source``: the model's ``hubft_source``, ``task``: its ``hubft_task``, the
+    task it was fine-tuned for, when a run set one, and ``adapter``: the settings of an adapter merged into it). The same file loads with transformers' ``TimmWrapper``
     (``AutoModelForImageClassification``), which is why ``model_args`` holds no ``num_classes``. Each file is written to a
     temporary file in ``directory`` and moved into place, so a crash never leaves a half-written file; other
     files in ``directory`` are left alone.
 
     The result loads back bit for bit with :func:`from_pretrained` (head and labels kept) and with
     ``timm.create_model("local-dir:DIR", pretrained=True)`` (labels in ``model.pretrained_cfg["label_names"]``).
-    Wrapped models (DDP, ``torch.compile``, EMA) are unwrapped first. Frozen models save the same as unfrozen.
+    Wrapped models (DDP, ``torch.compile``, EMA) are unwrapped first. Frozen models save the same as unfrozen. A
+    model with adapters (:func:`add_adapter`) is saved as its adapter instead, by :func:`save_adapter`
+    (``adapter_model.safetensors`` + ``adapter_config.json``, no base weights).
 
     Args:
         model: A timm model, e.g. from :func:`create_model`.
@@ -49,6 +51,10 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     Examples:
         >>> save_pretrained(model, "runs/pets/best")  # doctest: +SKIP
     """
+    from hubft.models._adapters import is_adapter_model, save_adapter
+
+    if is_adapter_model(model):
+        return save_adapter(model, directory)
     model = unwrap_model(model)
     cfg = getattr(model, "pretrained_cfg", None)
     if not isinstance(cfg, dict) or not cfg.get("architecture"):
@@ -63,11 +69,13 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
         raise ModelError(f"cannot save into {str(directory)!r}: it is a file", fix="choose a directory path")
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(model.state_dict(), directory / WEIGHTS_NAME)
+    adapter = getattr(model, "hubft_adapter", None)
     write_config(model, directory / CONFIG_NAME, label_names=label_names, hubft={
         "format": 1,
         "hubft_version": _hubft_version(),
         "source": getattr(model, "hubft_source", None),
         "task": getattr(model, "hubft_task", None),
+        **({"adapter": adapter} if adapter else {}),
     })
     return directory
 

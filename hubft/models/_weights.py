@@ -14,11 +14,14 @@ from torch import nn
 from hubft.errors import WeightsError
 from hubft.files import atomic_write
 
-__all__ = ["WEIGHTS_NAME", "CONFIG_NAME", "PICKLE_SUFFIXES", "load_strict", "read_safetensors",
-           "write_safetensors"]
+__all__ = ["ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "WEIGHTS_NAME", "CONFIG_NAME", "PICKLE_SUFFIXES",
+           "load_strict", "read_safetensors", "write_safetensors"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# A peft adapter's files (hubft.models._adapters): a source that holds these instead of config.json is an adapter.
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 # Weight files that hold pickles: unpickling can run arbitrary code, so they are refused, not loaded.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pth.tar", ".ckpt", ".pkl")
 # How many offending keys an error message lists per kind before "(+N more)".

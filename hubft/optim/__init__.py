@@ -1,7 +1,8 @@
 """Learning rates for fine-tuning: parameter groups, optimizers and schedules by name, and their LR curves.
 
 - :func:`param_groups` splits a model into named groups (head / body or per layer, decay / no decay) with each
-  group's LR multiplier baked into its own ``lr``; :func:`format_param_groups` prints them as a table.
+  group's LR multiplier baked into its own ``lr`` (a peft adapter model is split by the layers it adapts,
+  :func:`plain_parameter_name`); :func:`format_param_groups` prints them as a table.
 - :func:`create_optimizer` builds any torch optimizer (``"AdamW"``) or timm registry optimizer (``"adamw"``,
   ``"lamb"``) by name over those groups.
 - :func:`create_scheduler` builds any torch LR scheduler by class name or alias, or a custom function, behind an
@@ -20,7 +21,7 @@ from hubft.optim._optimizers import (
     list_optimizers,
     register_optimizer,
 )
-from hubft.optim._param_groups import format_param_groups, param_groups
+from hubft.optim._param_groups import format_param_groups, param_groups, plain_parameter_name
 from hubft.optim._schedule import Schedule, create_scheduler
 from hubft.optim._schedulers import (
     TORCH_SCHEDULERS,
@@ -43,6 +44,7 @@ __all__ = [
     "create_scheduler",
     "find_lr",
     "format_param_groups",
+    "plain_parameter_name",
     "fused_options",
     "get_optimizer_info",
     "get_scheduler_info",

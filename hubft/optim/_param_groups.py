@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from torch import nn
-from timm.models import group_parameters
+from timm.models._manipulate import group_with_matcher
 from timm.optim import auto_group_layers
 
 from hubft.errors import ConfigError
@@ -51,6 +52,10 @@ def param_groups(
           ``model.no_weight_decay()`` (e.g. ViT's ``pos_embed``) and for names matching ``no_weight_decay``
           (exact names or shell patterns such as ``"*.gamma"``). With ``weight_decay=0`` every group is
           ``no_decay``.
+        - A peft model (:func:`hubft.add_adapter`) is split as the timm model inside it, each parameter under its
+          :func:`plain_parameter_name`: the trained copy of the head is the head, an adapter of a layer sits in
+          that layer's group (``lora_A`` / ``lora_B`` decay like the weight they adapt; DoRA's magnitude vectors,
+          per-channel gains like a norm's, never do).
 
     Args:
         model: The network, usually a timm model whose ``pretrained_cfg["classifier"]`` names its head.
@@ -82,17 +87,19 @@ def param_groups(
     if layer_decay is not None and not (_is_number(layer_decay) and 0 < layer_decay <= 1):
         raise ConfigError(f"layer_decay={layer_decay!r} is not in (0, 1]", fix="use e.g. layer_decay=0.75 or None")
 
+    model = _inside_adapters(model)
+    every = [(plain_parameter_name(n), p) for n, p in model.named_parameters()]
     heads = head_prefixes(model)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or include_frozen]
+    named = [(n, p) for n, p in every if p.requires_grad or include_frozen]
     in_head = {n: _under(n, heads) for n, _ in named}
-    if head_lr is not None and not any(_under(n, heads) for n, _ in model.named_parameters()):
+    if head_lr is not None and not any(_under(n, heads) for n, _ in every):
         raise ConfigError(
             f"head_lr={head_lr} was given but the model has no head parameters "
             f"(pretrained_cfg['classifier'] = {heads or None!r})",
             fix="drop head_lr, or set model.pretrained_cfg['classifier'] to the classifier's module name",
         )
-    layer_of, top = _layer_ids(model, heads) if layer_decay is not None else ({}, 0)
-    exempt = {*no_weight_decay, *_model_no_weight_decay(model)}
+    layer_of, top = _layer_ids(model, every, heads) if layer_decay is not None else ({}, 0)
+    exempt = {*no_weight_decay, *_model_no_weight_decay(model), *_GAINS}
 
     groups: dict[tuple, dict[str, Any]] = {}
     for name, param in named:
@@ -161,12 +168,42 @@ def format_param_groups(groups: Sequence[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _layer_ids(model: nn.Module, heads: tuple[str, ...]) -> tuple[dict[str, int], int]:
-    """timm's layer id of every parameter name, and the top id."""
+# The modules peft puts between a layer and its parameters, and the adapter name after a peft layer's prefix:
+# "blocks.0.attn.qkv.base_layer.weight" -> "blocks.0.attn.qkv.weight", "head.modules_to_save.default.weight" ->
+# "head.weight", "blocks.0.attn.qkv.lora_A.default.weight" -> "blocks.0.attn.qkv.lora_A.weight".
+_PEFT_SEGMENTS = re.compile(r"\.(?:base_layer|original_module|modules_to_save\.[^.]+)(?=\.)")
+_PEFT_ADAPTER_NAME = re.compile(r"(\.lora_[A-Za-z_]+)\.[^.]+(?=\.)")
+
+
+# Per-channel gains that are not 1-dim everywhere: DoRA's magnitude of a convolution is [1, C, 1, 1].
+_GAINS = ("*.lora_magnitude_vector.*",)
+
+
+def plain_parameter_name(name: str) -> str:
+    """A parameter's name as the timm model inside peft's wrappers calls it (a plain model's names unchanged).
+
+    Examples:
+        >>> plain_parameter_name("head.modules_to_save.default.weight")
+        'head.weight'
+        >>> plain_parameter_name("blocks.0.attn.qkv.lora_A.default.weight")
+        'blocks.0.attn.qkv.lora_A.weight'
+    """
+    return _PEFT_ADAPTER_NAME.sub(r"\1", _PEFT_SEGMENTS.sub("", name))
+
+
+def _inside_adapters(model: nn.Module) -> nn.Module:
+    """The timm model inside a peft model (whose parameter names carry peft's prefix), else the model."""
+    get_base_model = getattr(type(model), "get_base_model", None)
+    return model.get_base_model() if callable(get_base_model) else model
+
+
+def _layer_ids(model: nn.Module, named: list[tuple[str, nn.Parameter]],
+               heads: tuple[str, ...]) -> tuple[dict[str, int], int]:
+    """timm's layer id of every (plain) parameter name, and the top id."""
     if hasattr(model, "group_matcher"):
-        layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+        layer_of = group_with_matcher(named, model.group_matcher(coarse=False), reverse=True)
     elif heads:
-        layer_of = auto_group_layers(model)
+        layer_of = {plain_parameter_name(n): i for n, i in auto_group_layers(model).items()}
     else:
         raise ConfigError(
             f"layer_decay needs to know the depth of each layer, but {type(model).__name__} has neither "

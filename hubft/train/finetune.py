@@ -212,16 +212,20 @@ class Finetuner:
         return self.parts.output.finish(self.parts, loop, exchange)
 
     def push(self) -> str | None:
-        """Push the output directory to ``hub.repo_id`` when ``hub.push`` is set (main process; others wait)."""
+        """Push the output directory to ``hub.repo_id`` when ``hub.push`` is set (main process; others wait).
+
+        With ``hub.merge_adapter`` the merged model (``<output_dir>/merged``) is pushed instead of the adapter.
+        """
         c = self.config
         url = None
         if c.hub.push:
             try:
                 if self.accelerator.is_main_process:
                     from hubft.hub.push import push_to_hub
+                    from hubft.train.outputs import MERGED_DIR
 
-                    url = push_to_hub(c.train.output_dir, c.hub.repo_id, private=c.hub.private,
-                                      revision=c.hub.revision)
+                    out = Path(c.train.output_dir) / (MERGED_DIR if c.hub.merge_adapter else "")
+                    url = push_to_hub(out, c.hub.repo_id, private=c.hub.private, revision=c.hub.revision)
             finally:
                 # A failed push must still meet the other processes here, or they would wait forever.
                 self.accelerator.wait_for_everyone()

@@ -21,7 +21,7 @@ def lr_curve_for_config(config: FinetuneConfig, *, updates_per_epoch: int = 100,
     Raises:
         HubftError: An invalid config, model name or schedule.
     """
-    from hubft.models import freeze
+    from hubft.models import add_adapter, freeze
     from hubft.optim import lr_curve, param_groups
     from hubft.tasks import get_task
 
@@ -31,6 +31,8 @@ def lr_curve_for_config(config: FinetuneConfig, *, updates_per_epoch: int = 100,
                                                 revision=c.model.revision)
     if c.model.frozen.frozen:
         freeze(model, stages=c.model.frozen.stages)
+    if c.model.adapter is not None:  # the adapter's groups, not the backbone's
+        model = add_adapter(model, c.model.adapter, **c.model.adapter_options)
     groups = param_groups(model, lr=c.optim.lr, weight_decay=c.optim.weight_decay, head_lr=c.optim.head_lr,
                           layer_decay=c.optim.layer_decay, include_frozen=c.model.unfreezes)
     total = updates_per_epoch * c.train.epochs

@@ -7,6 +7,10 @@ a half-written model behind and a failed push leaves the directory intact to pus
 Layout::
 
     model.safetensors, config.json   the model (timm-loadable; hubft.save_pretrained)
+    adapter_model.safetensors,       instead, with model.adapter: the adapter and the head (peft-loadable on the
+      adapter_config.json              backbone; hubft.save_adapter)
+    merged/                          with hub.merge_adapter: the adapter merged into the backbone (a full model
+                                       directory: weights, config.json, card, config.yaml, metrics, plots)
     config.yaml                      the resolved training config
     metrics.json                     final and best metrics, per-epoch history and the facts of the run
     README.md                        the model card
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,10 +52,12 @@ def framework_versions() -> dict:
 
     from hubft._version import __version__
 
-    return {"hubft": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "accelerate": accelerate.__version__, "datasets": datasets.__version__,
-            "huggingface_hub": huggingface_hub.__version__, "safetensors": safetensors.__version__,
-            "python": platform.python_version()}
+    versions = {"hubft": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                "accelerate": accelerate.__version__, "datasets": datasets.__version__,
+                "huggingface_hub": huggingface_hub.__version__, "safetensors": safetensors.__version__,
+                "python": platform.python_version()}
+    peft = sys.modules.get("peft")  # imported when the run used an adapter
+    return versions | ({"peft": peft.__version__} if peft is not None else {})
 
 
 class OutputWriter:
@@ -123,6 +130,7 @@ class OutputWriter:
             c = parts.config
             save_pretrained(parts.ema.module if (parts.ema is not None and c.train.save_ema)
                             else parts.unwrapped_model, self.root)
+            _remove_stale_model_files(self.root, adapter=c.model.adapter is not None)
             metrics = {
                 "final": loop.last_metrics,
                 "best": loop.best_record(),
@@ -134,14 +142,38 @@ class OutputWriter:
             plot_run(self.root, self.read_log(), metrics, list(parts.data.label_names),
                      [m.key for m in parts.task.card_metrics])
             write_model_card(self.root, repo_id=c.hub.repo_id)
+            if c.hub.merge_adapter:
+                from hubft.hub.merge import merge_adapter_dir
+
+                report = merge_adapter_dir(self.root, self.root / MERGED_DIR, repo_id=c.hub.repo_id)
+                parts.accelerator.print(f"hubft: wrote the adapter merged into its backbone to {report.path} (logits "
+                                        f"within {report.max_abs_diff:.2g} of the adapter model's)")
 
         run_agreed(write, exchange)
         return self.root
 
 
+MERGED_DIR = "merged"
+"""Where ``hub.merge_adapter`` writes the merged model, inside the run directory."""
+
+
+def _remove_stale_model_files(root: Path, *, adapter: bool) -> None:
+    """Remove the other kind of model an earlier run left in ``root``: a push must carry one model, this run's."""
+    import shutil
+
+    from hubft.hub.push import ADAPTER_FILES, MODEL_FILES
+
+    for name in MODEL_FILES if adapter else ADAPTER_FILES:
+        (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / MERGED_DIR, ignore_errors=True)
+
+
 def run_facts(parts: "RunParts", updates: int) -> dict:
     """What ``metrics.json`` records about how the run was made (the model card is written from it)."""
+    from hubft.models import trainable_parameters
+
     c, acc = parts.config, parts.accelerator
+    trainable, total = trainable_parameters(parts.unwrapped_model)
     return {
         "task": parts.task.name,
         "base_model": getattr(parts.unwrapped_model, "hubft_source", {}) or {},
@@ -172,6 +204,9 @@ def run_facts(parts: "RunParts", updates: int) -> dict:
             "cutmix_alpha", "mixup_prob", "mixup_switch_prob", "mixup_off_epoch")},
         "regularisation": {"drop_rate": c.model.drop_rate, "drop_path_rate": c.model.drop_path_rate,
                            "weight_decay": c.optim.weight_decay, "ema": c.train.ema},
+        "trainable_parameters": trainable,
+        "parameters": total,
+        "adapter": getattr(parts.unwrapped_model, "hubft_adapter", None),
         "frameworks": framework_versions(),
     }
 

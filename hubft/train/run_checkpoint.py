@@ -28,7 +28,10 @@ __all__ = ["compat_fields", "failure_exchange", "load_run_checkpoint", "optimize
 def compat_fields(parts: RunParts) -> dict:
     """Settings a checkpoint must share with the run that resumes it."""
     c = parts.config
+    adapter = {"model.adapter": c.model.adapter, "model.adapter_options": c.model.adapter_options} \
+        if c.model.adapter is not None else {}
     return {
+        **adapter,
         "model.name": c.model.name,
         "label_names": list(parts.data.label_names),
         "train.batch_size": c.train.batch_size,

@@ -33,6 +33,7 @@ __all__ = [
     "build_parts",
     "create_accelerator",
     "create_loaders",
+    "create_run_adapter",
     "create_run_loss",
     "create_run_model",
     "create_run_optimizer",
@@ -117,13 +118,15 @@ def load_run_data(config: FinetuneConfig, dataset: Any = None) -> tuple[DataBund
 
 
 def create_run_model(config: FinetuneConfig, data: DataBundle, task: Task) -> tuple[nn.Module, bool]:
-    """The backbone with the task's fresh head for the data's labels, frozen as ``model.freeze`` says.
+    """The backbone with the task's fresh head for the data's labels, frozen as ``model.freeze`` says, or wrapped
+    in ``model.adapter``'s adapters (:func:`create_run_adapter`).
 
     Returns:
         The model (channels-last when that is used) and whether channels-last is used.
 
     Raises:
         ModelError: The backbone cannot be built or loaded.
+        ConfigError: The adapter options do not fit the backbone.
     """
     from accelerate.utils import set_seed
 
@@ -146,9 +149,33 @@ def create_run_model(config: FinetuneConfig, data: DataBundle, task: Task) -> tu
     if m.frozen.frozen:
         freeze(model, stages=m.frozen.stages)
     channels_last = _use_channels_last(model, config.train.channels_last)
+    if m.adapter is not None:
+        model = create_run_adapter(config, model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, channels_last
+
+
+def create_run_adapter(config: FinetuneConfig, model: nn.Module) -> nn.Module:
+    """``model`` wrapped in ``model.adapter``'s low-rank adapters (peft): only they and the head train.
+
+    Prints the trainable-parameter count and fraction once.
+
+    Raises:
+        ConfigError: The options are unknown or refused, or the targets match no module of the backbone.
+    """
+    from accelerate import PartialState
+
+    from hubft.models import add_adapter, trainable_parameters
+
+    m = config.model
+    model = add_adapter(model, m.adapter, **m.adapter_options)
+    trainable, total = trainable_parameters(model)
+    record = model.hubft_adapter
+    PartialState().print(f"hubft: {m.adapter} adapter (r={record['r']}, alpha={record['alpha']}) on "
+                         f"{record['modules']} modules ({record['targets']}) + the head: {trainable:,} of "
+                         f"{total:,} parameters trainable ({trainable / max(total, 1):.2%})")
+    return model
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
 
     Raises:
         ConfigError: ``model.task`` names no task; the output directory cannot be created or written, or holds an
-            interrupted run; the data source is missing or given twice; or a Hub repo id or checkpoint source is
-            malformed.
+            interrupted run; the data source is missing or given twice; ``model.adapter_options`` holds an unknown
+            or refused option; or a Hub repo id or checkpoint source is malformed.
     """
     c = config
     get_task(c.model.task)  # an unknown task is named now, not after the data is loaded
@@ -44,6 +44,10 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
             fix="continue it with --train.resume latest, or start over in another train.output_dir (or delete "
                 "its checkpoints/ folder)")
     check_data_source(c, has_dataset=has_dataset)
+    if c.model.adapter is not None:
+        from hubft.models import lora_config
+
+        lora_config(c.model.adapter, c.model.adapter_options)  # unknown or refused options, before any loading
     if c.hub.push or c.hub.push_checkpoints:
         from hubft.hub.repo_id import check_repo_id
 

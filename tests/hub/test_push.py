@@ -288,6 +288,20 @@ def test_a_directory_without_a_model_is_refused(hub, repo_id, tmp_path):
     assert hub.requests == []
 
 
+def test_a_directory_holding_a_model_and_an_adapter_is_refused(hub, repo_id, tmp_path):
+    """A push carries one model: never the base weights next to an adapter, nor a stale adapter next to a model."""
+    for name in ("model.safetensors", "config.json", "adapter_model.safetensors", "adapter_config.json"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(HubError, match="holds both a full model .* and an adapter"):
+        push_to_hub(tmp_path, repo_id, token=hub.token)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "adapter_config.json").unlink()
+    with pytest.raises(HubError, match="adapter_config.json' is missing"):
+        push_to_hub(tmp_path, repo_id, token=hub.token)
+    assert hub.requests == []
+
+
 @pytest.mark.parametrize("repo_id,rule", [
     ("", "missing"),
     ("owner/name/extra", "form"),

@@ -33,6 +33,10 @@ REFERENCED = {
     "tests/train/test_finetune.py::test_mid_epoch_resume_is_bit_identical": (
         "an in-process run stopped mid-epoch (fault `raise` after update 7), resumed from `latest`",
         "weights SHA-256, per-step losses and epoch history identical"),
+    "tests/train/test_adapters.py::test_an_interrupted_adapter_run_resumes_bit_identical": (
+        "an in-process LoRA adapter run (BatchNorm backbone, dropout in the adapters) stopped mid-epoch (fault "
+        "`raise` after update 5), resumed from `latest`",
+        "adapter_model.safetensors SHA-256 and per-step losses identical"),
     "tests/train/test_equivalence.py::test_a_two_process_run_killed_mid_epoch_resumes_bit_identical": (
         "kill -9 of both processes of a 2-process run (torchrun) mid-epoch, between checkpoints",
         "resumed with torchrun: model.safetensors and every log.jsonl record (losses, LRs, batch digests, epoch "
