@@ -53,3 +53,19 @@ def test_create_pr_leaves_main_alone_and_opens_a_pull_request(pushed, hub, tmp_p
     refs = api.list_repo_refs(pushed, include_pull_requests=True)
     (pr,) = refs.pull_requests
     assert len(_results(pushed, hub.token, revision=pr.ref)) > len(before)
+
+
+def test_a_user_who_may_not_commit_opens_a_pull_request_instead(pushed, hub, tmp_path, monkeypatch, api):
+    from hubft.data import write_image_folder
+
+    stranger = hub.add_token("reviewer", role="write")  # may write to its own namespace, not to the owner's
+    monkeypatch.setenv("HF_TOKEN", stranger)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    before = _results(pushed, hub.token)
+    folder = write_image_folder(tmp_path / "images", num_classes=4, per_class=2, size=16)
+    assert main(["eval", pushed, "--data.path", str(folder), "--push"]) == 0
+    assert _results(pushed, hub.token) == before  # main untouched: the commit was refused
+    (pr,) = api.list_repo_refs(pushed, include_pull_requests=True).pull_requests
+    assert len(_results(pushed, hub.token, revision=pr.ref)) > len(before)
+    (discussion,) = [d for d in api.get_repo_discussions(pushed) if d.is_pull_request]
+    assert discussion.author == "reviewer"
