@@ -100,7 +100,8 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         from hubft.data import preserve_global_rngs
 
-        for _ in range(len(self)):
+        # The rest of the current epoch: all of it, unless a resumed checkpoint sits inside it.
+        for _ in range(len(self) - self.position % len(self)):
             row = self._next_row()
             with preserve_global_rngs():
                 seed_sample_rngs(mix_seed(self.seed, 3, self.rank, self.position))
