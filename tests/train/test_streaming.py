@@ -66,6 +66,11 @@ def streamed(local_hub, tmp_path_factory) -> dict:
                                    "validation": make_synthetic_image_dataset(num_classes=3, per_class=2, size=8)})
     repos["carded"] = f"{local_hub.user}/stream-carded-{os.getpid()}"
     carded.push_to_hub(repos["carded"], token=local_hub.token, num_shards={"train": 2, "validation": 1})
+    # Labels as strings: a stream cannot be scanned for its label values.
+    repos["strings"] = f"{local_hub.user}/stream-strings-{os.getpid()}"
+    names = carded["train"].features["label"].names
+    strings = carded.map(lambda row: {"name": names[row["label"]]}).remove_columns("label")
+    strings.push_to_hub(repos["strings"], token=local_hub.token)
     return {"repos": repos, "rows": rows}
 
 
@@ -151,6 +156,11 @@ def test_a_resumed_stream_continues_where_it_stopped(streamed, hub, buffer):
         in_pass = after[:len(after) - resumed._read_in_pass]
         assert in_pass and not set(before) & set(in_pass)
         assert len(set(order) - set(before) - set(in_pass)) > 0
+
+
+def test_a_stream_needs_its_class_names_in_the_features(streamed, hub):
+    with pytest.raises(DataError, match="not a ClassLabel: a stream cannot be scanned"):
+        load_stream(name=streamed["repos"]["strings"], label_column="name")
 
 
 def test_a_stream_without_a_recorded_size_needs_updates_per_epoch(streamed, hub):
