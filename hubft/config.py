@@ -273,9 +273,9 @@ class DataConfig:
                 workers.
         """
         if not self.streaming:
-            for key, value, default in (("shuffle_buffer", self.shuffle_buffer, 1000),
-                                        ("max_eval_examples", self.max_eval_examples, None)):
-                if value != default:
+            for key in ("shuffle_buffer", "max_eval_examples"):
+                value = getattr(self, key)
+                if value != self.__dataclass_fields__[key].default:
                     raise ConfigError(f"data.{key} = {value!r} would be ignored: it applies to streamed data only",
                                       fix=f"set data.streaming: true, or drop data.{key}")
         else:

@@ -203,9 +203,11 @@ def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, d
                    num_processes: int = 1) -> Loaders:
     """Train and eval loaders with the backbone's own preprocessing; augmentation on the train split only.
 
+    A streamed train split (``data.streaming``) is read by :func:`create_train_stream`, in the training process.
+
     Raises:
         ConfigError: A batch size that leaves a last batch of one image for a model with BatchNorm.
-        DataError: An image cannot be decoded, or a label is out of range.
+        DataError: An image cannot be decoded, or a label is out of range; a stream's epoch length is unknown.
     """
     from hubft.data import ImageClassificationDataset, create_transforms
     from hubft.train.validation import check_no_batch_of_one

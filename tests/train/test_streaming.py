@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,31 @@ def test_a_resumed_stream_continues_where_it_stopped(streamed, hub, buffer):
 def test_a_stream_needs_its_class_names_in_the_features(streamed, hub):
     with pytest.raises(DataError, match="not a ClassLabel: a stream cannot be scanned"):
         load_stream(name=streamed["repos"]["strings"], label_column="name")
+
+
+@pytest.mark.parametrize(("data", "refused"), [
+    ({"path": "images/"}, "data.path = 'images/' cannot be combined with data.streaming"),
+    ({"classes": ["cat", "dog"]}, "data.classes = ['cat', 'dog'] cannot be combined"),
+    ({"max_per_class": 4}, "data.max_per_class = 4 cannot be combined"),
+    ({"num_workers": 2}, "data.num_workers = 2 cannot be combined"),
+])
+def test_streaming_refuses_what_needs_the_whole_split_or_worker_processes(data, refused):
+    from hubft.config import config_from_dict
+    from hubft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(refused)):
+        config_from_dict({"data": {"streaming": True, **data}})
+    config_from_dict({"data": {"streaming": True, "num_workers": 0, "shuffle_buffer": 1, "max_eval_examples": 5},
+                      "train": {"updates_per_epoch": 2}})  # what it takes is accepted
+
+
+def test_a_dataset_passed_in_python_is_not_streamed():
+    from hubft.config import config_from_dict
+    from hubft.errors import ConfigError
+    from hubft.train.validation import check_data_source
+
+    with pytest.raises(ConfigError, match="a dataset was passed in Python"):
+        check_data_source(config_from_dict({"data": {"streaming": True}}), has_dataset=True)
 
 
 def test_a_stream_without_a_recorded_size_needs_updates_per_epoch(streamed, hub):
