@@ -250,6 +250,14 @@ class DataConfig:
     mixup_switch_prob: float = _f(0.5, "Probability of cutmix instead of mixup when both are on.",
                                   rule=between(0, 1))
     mixup_off_epoch: Optional[int] = _f(None, "Stop mixing from this epoch on.", rule=optional(at_least(0)))
+    streaming: bool = _f(False, "Stream data.name from the Hub (datasets' IterableDataset, parquet shards read as "
+                         "training goes, never downloaded whole); see docs/streaming.md.")
+    shuffle_buffer: int = _f(1000, "Streaming: examples each process shuffles in its buffer, reshuffled every pass "
+                             "over the data; 1 shuffles only the shard order and makes resume exact.",
+                             rule=at_least(1))
+    max_eval_examples: Optional[int] = _f(None, "Streaming: read at most this many examples of the eval split (its "
+                                          "first ones) into memory once; null: the whole split.",
+                                          rule=optional(at_least(1)))
 
     @property
     def mixing(self) -> bool:
@@ -260,13 +268,38 @@ class DataConfig:
         """Rules between this section's fields.
 
         Raises:
-            ConfigError: ``color_jitter`` set under an ``auto_augment`` policy that turns it off.
+            ConfigError: ``color_jitter`` set under an ``auto_augment`` policy that turns it off; a streaming option
+                without ``streaming``; ``streaming`` with ``path``, ``classes``, ``max_per_class`` or data-loader
+                workers.
         """
+        if not self.streaming:
+            for key in ("shuffle_buffer", "max_eval_examples"):
+                value = getattr(self, key)
+                if value != self.__dataclass_fields__[key].default:
+                    raise ConfigError(f"data.{key} = {value!r} would be ignored: it applies to streamed data only",
+                                      fix=f"set data.streaming: true, or drop data.{key}")
+        else:
+            self._check_streaming()
         if self.auto_augment and self.color_jitter and "3a" not in self.auto_augment:
             # timm turns colour jitter off under a policy; the card would record jitter that was never applied.
             raise ConfigError(f"data.color_jitter = {self.color_jitter!r} would be ignored: timm turns colour "
                               f"jitter off when data.auto_augment ({self.auto_augment!r}) is set",
                               fix="remove data.color_jitter, or data.auto_augment (a '3a' policy keeps jitter)")
+
+    def _check_streaming(self) -> None:
+        # A stream has no length and is read once per pass: whatever needs the whole split up front cannot apply.
+        refused = [("path", self.path is not None, "a local data.path is on disk already: drop data.streaming"),
+                   ("classes", self.classes is not None, "keeping some classes needs the whole split: drop "
+                    "data.classes, or publish a dataset of those classes"),
+                   ("max_per_class", self.max_per_class is not None, "per-class caps need the whole split: drop "
+                    "data.max_per_class"),
+                   ("num_workers", type(self.num_workers) is int and self.num_workers > 0,
+                    "the stream's position is checkpointed from the training process: set data.num_workers: 0 "
+                    "(or auto)")]
+        for key, bad, fix in refused:
+            if bad:
+                raise ConfigError(f"data.{key} = {getattr(self, key)!r} cannot be combined with data.streaming",
+                                  fix=fix)
 
 
 @dataclass
@@ -342,6 +375,10 @@ class TrainConfig:
     log_with: Optional[str] = _f(None, "Accelerate tracker (tensorboard, wandb, ...).")
     max_updates: Optional[int] = _f(None, "Stop after this many optimizer updates (a smoke-test cap).",
                                     rule=optional(at_least(1)))
+    updates_per_epoch: Optional[int] = _f(
+        None, "Streaming: optimizer updates per epoch, the same on every process (a stream has no length); null: "
+        "the train split's size recorded on the Hub / (processes x batch_size x grad_accum_steps).",
+        rule=optional(at_least(1)))
 
 
 @dataclass
@@ -375,8 +412,13 @@ class FinetuneConfig:
         """Rules between sections (each section checks its own fields first).
 
         Raises:
-            ConfigError: ``hub.merge_adapter`` without ``model.adapter``; ``hub.push_checkpoints`` with it.
+            ConfigError: ``hub.merge_adapter`` without ``model.adapter``; ``hub.push_checkpoints`` with it;
+                ``train.updates_per_epoch`` without ``data.streaming``.
         """
+        if self.train.updates_per_epoch is not None and not self.data.streaming:
+            raise ConfigError(f"train.updates_per_epoch = {self.train.updates_per_epoch} would be ignored: an epoch of "
+                              "data that is not streamed is one pass over it",
+                              fix="set data.streaming: true, or drop train.updates_per_epoch")
         if self.hub.merge_adapter and self.model.adapter is None:
             raise ConfigError("hub.merge_adapter = True is invalid: there is no adapter to merge (model.adapter is "
                               "null)", fix="set model.adapter (lora or dora), or drop hub.merge_adapter")

@@ -3,6 +3,8 @@
 - :func:`load_split` reads one split whole, for evaluation or prediction.
 - :func:`load_data` reads a Hub dataset, an image folder, a CSV/parquet of image paths or a ``datasets`` object
   into a :class:`DataBundle` (train/eval splits with one label vocabulary).
+- :func:`load_stream` opens a Hub dataset's train split as a stream (``datasets.IterableDataset``), its eval split
+  read once into memory, bounded.
 - :func:`create_transforms` builds the train/eval transform from a model's ``pretrained_cfg`` (timm).
 - :class:`ImageClassificationDataset` turns a split into ``(image_tensor, target)`` items, optionally from an
   in-memory cache decoded once.
@@ -14,6 +16,7 @@ from hubft.data._digits import load_digits_dataset
 from hubft.data._dataset import ImageClassificationDataset, preserve_global_rngs
 from hubft.data._hosts import disable_datasets_extra_hosts
 from hubft.data._sources import DataBundle, DataSource, DataSplit, load_data, load_split
+from hubft.data._streaming import load_stream
 from hubft.data._synthetic import make_synthetic_image_dataset, synthetic_class_names, write_image_folder
 from hubft.data._transforms import ImageTransform, create_transforms, to_rgb
 
@@ -28,6 +31,7 @@ __all__ = [
     "load_data",
     "load_digits_dataset",
     "load_split",
+    "load_stream",
     "make_synthetic_image_dataset",
     "preserve_global_rngs",
     "synthetic_class_names",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ class DataSource:
         eval_fraction: The fraction of train carved out for evaluation, or ``None`` when ``eval_split`` was used.
         num_train: Rows in the final train split.
         num_eval: Rows in the final eval split.
+        streaming: Whether the train split is streamed (then ``num_train`` is the size the Hub records for it, or
+            ``None`` when it records none).
     """
 
     kind: str
@@ -50,8 +53,9 @@ class DataSource:
     train_split: str
     eval_split: str | None
     eval_fraction: float | None
-    num_train: int
+    num_train: int | None
     num_eval: int
+    streaming: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (JSON/YAML-serialisable)."""
@@ -63,10 +67,12 @@ class DataBundle:
     """Train and eval splits ready for :class:`~hubft.data.ImageClassificationDataset`, with their label vocabulary.
 
     Both splits hold exactly two columns: ``image_column`` (a decoding ``datasets.Image``) and ``label_column``
-    (a ``ClassLabel`` over ``label_names``, or a list of them when ``multi_label``).
+    (a ``ClassLabel`` over ``label_names``, or a list of them when ``multi_label``). A streamed bundle
+    (:func:`~hubft.data.load_stream`, ``source.streaming``) has a ``datasets.IterableDataset`` as ``train``, whose
+    images are not decoded.
     """
 
-    train: datasets.Dataset
+    train: datasets.Dataset | datasets.IterableDataset
     eval: datasets.Dataset
     label_names: list[str]
     image_column: str
@@ -129,13 +135,11 @@ def _revision_sha(loaded: datasets.DatasetDict, name: str, revision: str | None)
     return cached or requested
 
 
-def _from_hub(name: str, revision: str | None) -> tuple[datasets.DatasetDict, str | None]:
-    disable_datasets_extra_hosts()
-    if revision is not None and datasets.config.HF_HUB_OFFLINE:
-        warnings.warn(f"offline, datasets ignores revision={revision!r} and loads the newest cached copy of {name}",
-                      stacklevel=3)
+@contextmanager
+def hub_errors(name: str) -> Iterator[None]:
+    """Turn the errors of reading Hub dataset ``name`` (with ``datasets`` or ``huggingface_hub``) into hubft's."""
     try:
-        loaded = datasets.load_dataset(name, revision=revision)
+        yield
     except (datasets.exceptions.DatasetNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as error:
         # which of these surfaces depends on what the local caches hold (hub-protocol.md 10.5)
         raise DataError(f"Hub dataset {name!r} not found ({error})",
@@ -149,6 +153,15 @@ def _from_hub(name: str, revision: str | None) -> tuple[datasets.DatasetDict, st
     except (ValueError, FileNotFoundError) as error:
         raise DataError(f"could not load Hub dataset {name!r}: {error}",
                         fix="check the dataset id; datasets with several configs are not supported yet") from error
+
+
+def _from_hub(name: str, revision: str | None) -> tuple[datasets.DatasetDict, str | None]:
+    disable_datasets_extra_hosts()
+    if revision is not None and datasets.config.HF_HUB_OFFLINE:
+        warnings.warn(f"offline, datasets ignores revision={revision!r} and loads the newest cached copy of {name}",
+                      stacklevel=3)
+    with hub_errors(name):
+        loaded = datasets.load_dataset(name, revision=revision)
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded, _revision_sha(loaded, name, revision)
@@ -175,7 +188,7 @@ def _from_path(path: str | Path) -> tuple[datasets.DatasetDict, str, Path]:
     return loaded, builder, base_dir
 
 
-def _pick_splits(available: Sequence[str], train_split: str, eval_split: str | None) -> tuple[str, str | None]:
+def pick_splits(available: Sequence[str], train_split: str, eval_split: str | None) -> tuple[str, str | None]:
     for wanted, option in ((train_split, "train_split"), (eval_split, "eval_split")):
         if wanted is not None and wanted not in available:
             raise DataError(f"split {wanted!r} not found; the splits are: {list(available)}",
@@ -270,7 +283,7 @@ def load_data(
     """
     _check_options(name, path, dataset, revision, eval_fraction, max_per_class, seed)
     loaded, kind, origin, revision_sha, base_dir = _read_source(name, path, dataset, revision, train_split)
-    train_split, eval_split = _pick_splits(list(loaded), train_split, eval_split)
+    train_split, eval_split = pick_splits(list(loaded), train_split, eval_split)
     splits = {train_split: loaded[train_split]}
     if eval_split is not None:
         splits[eval_split] = loaded[eval_split]

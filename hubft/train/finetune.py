@@ -234,6 +234,8 @@ class Finetuner:
     def close(self) -> None:
         """Finish checkpoint uploads, wait for every process and leave the process group (so N processes exit 0)."""
         acc = self.accelerator
+        if self.parts is not None and self.parts.train_stream is not None:
+            self.parts.train_stream.close()
         pusher = self.parts.checkpoint_pusher if self.parts is not None else None
         if pusher is not None:
             pusher.close()

@@ -135,7 +135,7 @@ class TrainLoop:
         """Train the rest of epoch ``epoch`` (all of it, unless a resumed checkpoint is inside it)."""
         p, s, acc = self.parts, self.state, self.parts.accelerator
         loader = p.train_loader
-        if s.batches_in_epoch:
+        if s.batches_in_epoch and p.train_stream is None:  # a stream resumes from its recorded position instead
             loader = acc.skip_first_batches(p.train_loader, s.batches_in_epoch)
         # Accelerate's loaders re-set the sampler's epoch from their own iteration counter on every __iter__: set
         # it through the loader actually iterated. Its set_epoch does not reach the sampler through a loader that

@@ -180,7 +180,7 @@ def run_facts(parts: "RunParts", updates: int) -> dict:
         "dataset": parts.data.source.to_dict(),
         "label_names": list(parts.data.label_names),
         "multi_label": parts.data.multi_label,
-        "train_examples": len(parts.data.train),
+        "train_examples": parts.data.source.num_train,
         "eval_examples": len(parts.data.eval),
         "loss": parts.loss_label,
         "loss_options": c.loss.options,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hubft.train.mixing import BatchMixing
     from hubft.train.outputs import OutputWriter
     from hubft.train.sampler import EpochSampler
+    from hubft.train.stream import StreamingTrainData
 
 __all__ = ["RunParts"]
 
@@ -56,6 +57,8 @@ class RunParts:
         output: Writes the run directory.
         checkpoint_pusher: Uploads checkpoints to the Hub in the background (main process, ``hub.push_checkpoints``).
         reuses_host_memory: Whether ``train.reuse_host_memory`` is in force.
+        train_stream: This process's part of the streamed train split (``data.streaming``; also ``train_sampler``),
+            whose position checkpoints record; None otherwise.
     """
 
     config: FinetuneConfig
@@ -66,7 +69,7 @@ class RunParts:
     channels_last: bool
     train_loader: Any
     eval_loader: Any
-    train_sampler: EpochSampler
+    train_sampler: EpochSampler | StreamingTrainData
     train_normalize: Callable[[torch.Tensor], torch.Tensor]
     eval_normalize: Callable[[torch.Tensor], torch.Tensor]
     loss_fn: torch.nn.Module
@@ -81,6 +84,7 @@ class RunParts:
     output: OutputWriter
     checkpoint_pusher: CheckpointPusher | None
     reuses_host_memory: bool
+    train_stream: StreamingTrainData | None = None
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:

@@ -1,13 +1,14 @@
 """A run's checkpoint: what goes into one, how a run continues from one, and which one ``train.resume`` means.
 
-A checkpoint holds Accelerate's saved state (weights, optimizer, RNG states), the schedule, the EMA weights and
-hubft's :class:`~hubft.train.state.TrainState`, written through :func:`~hubft.train.checkpoint.write_checkpoint`
+A checkpoint holds Accelerate's saved state (weights, optimizer, RNG states), the schedule, the EMA weights,
+hubft's :class:`~hubft.train.state.TrainState` and, for a streamed train split, each process's stream position, written through :func:`~hubft.train.checkpoint.write_checkpoint`
 (complete or absent, never half-written). A run continues from one only when it would continue the same run: the
 settings in :func:`compat_fields` must match.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,7 +23,10 @@ from hubft.train.parts import RunParts
 from hubft.train.state import STATE_FILE, TrainState
 
 __all__ = ["compat_fields", "failure_exchange", "load_run_checkpoint", "optimizer_implementation",
-           "resolve_resume", "save_run_checkpoint"]
+           "resolve_resume", "save_run_checkpoint", "STREAM_FILE"]
+
+# Per process: where its part of a streamed train split stood (hubft.train.stream.StreamingTrainData.state_at).
+STREAM_FILE = "stream_{rank}.json"
 
 
 def compat_fields(parts: RunParts) -> dict:
@@ -30,15 +34,20 @@ def compat_fields(parts: RunParts) -> dict:
     c = parts.config
     adapter = {"model.adapter": c.model.adapter, "model.adapter_options": c.model.adapter_options} \
         if c.model.adapter is not None else {}
+    source = parts.data.source
+    # A stream's recorded position means something only in the same data, split and shuffled the same way.
+    stream = {"data.streaming": True, "data.revision_sha": source.revision_sha,
+              "data.shuffle_buffer": c.data.shuffle_buffer} if source.streaming else {}
     return {
         **adapter,
+        **stream,
         "model.name": c.model.name,
         "label_names": list(parts.data.label_names),
         "train.batch_size": c.train.batch_size,
         "train.grad_accum_steps": c.train.grad_accum_steps,
         "train.seed": c.train.seed,
         "num_processes": parts.accelerator.num_processes,
-        "train_examples": len(parts.data.train),
+        "train_examples": source.num_train,
         "optim.name": c.optim.name,
         "schedule.name": c.schedule.name if isinstance(c.schedule.name, str) else repr(c.schedule.name),
         "param_groups": list(parts.group_names),
@@ -75,6 +84,9 @@ def save_run_checkpoint(parts: RunParts, state: TrainState) -> Path:
 
         with fault_points_after_writes(accelerate.checkpointing, "save", _accelerate_file_point):
             acc.save_state(str(tmp))
+        if parts.train_stream is not None:  # every process its own part's position, as Accelerate its RNG states
+            mark = parts.train_stream.state_at(_stream_position(parts, state))
+            (tmp / STREAM_FILE.format(rank=acc.process_index)).write_text(json.dumps(mark))
         fault_point("checkpoint_after_accelerate_state")
         if acc.is_main_process:
             torch.save(parts.schedule.state_dict(), tmp / "scheduler.pt")
@@ -126,8 +138,32 @@ def load_run_checkpoint(parts: RunParts, path: Path, compat: dict) -> TrainState
                               fix="resume from another checkpoint, or start a new run in another "
                                   "train.output_dir") from None
     _restore_implementation(parts, implementation)
+    if parts.train_stream is not None:
+        _load_stream_state(parts, path, state)
     state.compat = compat
     return state
+
+
+def _stream_position(parts: RunParts, state: TrainState) -> int:
+    """Examples each process consumed by update ``state.update`` (checkpoints sit on update boundaries and every
+    streamed batch is full)."""
+    t = parts.config.train
+    return state.update * t.grad_accum_steps * t.batch_size
+
+
+def _load_stream_state(parts: RunParts, path: Path, state: TrainState) -> None:
+    """Put this process's part of the stream back where the checkpoint's update left it."""
+    file = path / STREAM_FILE.format(rank=parts.accelerator.process_index)
+    try:
+        mark = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no readable stream position ({file.name}: "
+                              f"{one_line(e)})", fix="resume from another checkpoint") from None
+    if mark.get("position") != _stream_position(parts, state):
+        raise CheckpointError(f"checkpoint {str(path)!r} records stream position {mark.get('position')} at update "
+                              f"{state.update}, not {_stream_position(parts, state)}",
+                              fix="resume from another checkpoint")
+    parts.train_stream.load_state_dict(mark)
 
 
 def _restore_implementation(parts: RunParts, implementation: list[dict]) -> None:

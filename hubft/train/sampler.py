@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["mix_seed", "EpochSampler", "SeededDataset"]
+__all__ = ["mix_seed", "seed_sample_rngs", "EpochSampler", "SeededDataset"]
 
 _MASK = (1 << 63) - 1
 
@@ -28,6 +28,14 @@ def mix_seed(*parts: int) -> int:
         x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
         x ^= x >> 29
     return x & _MASK
+
+
+def seed_sample_rngs(seed: int) -> None:
+    """Seed the RNGs timm's transforms draw from (torch's CPU generator, Python's, NumPy's) for one sample."""
+    # Only the CPU generator: torch.manual_seed would also re-seed every accelerator's generator, for each item.
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
 
 
 class EpochSampler(Sampler):
@@ -94,9 +102,5 @@ class SeededDataset(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, seed = key
-        # timm's transforms draw from all three RNGs (torch, random, numpy). Only the CPU generator: torch.manual_seed
-        # would also re-seed every accelerator's generator, for each item.
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed & 0xFFFFFFFF)
+        seed_sample_rngs(seed)  # timm's transforms draw from all three RNGs (torch, random, numpy)
         return self.dataset[index]

@@ -20,6 +20,7 @@ from hubft.errors import ConfigError, one_line
 from hubft.tasks import Task, get_task
 from hubft.train.parts import RunParts
 from hubft.train.sampler import EpochSampler, SeededDataset
+from hubft.train.stream import StreamingTrainData, stream_updates_per_epoch
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -38,6 +39,7 @@ __all__ = [
     "create_run_model",
     "create_run_optimizer",
     "create_run_schedule",
+    "create_train_stream",
     "default_num_workers",
     "launched_processes",
     "load_run_data",
@@ -98,20 +100,26 @@ def launched_processes() -> int:
 def load_run_data(config: FinetuneConfig, dataset: Any = None) -> tuple[DataBundle, Task]:
     """Load the dataset (``data.*``, or ``dataset`` given in Python) and the task as it applies to its labels.
 
+    With ``data.streaming`` the train split is opened as a stream (:func:`~hubft.data.load_stream`).
+
     Raises:
         DataError: The data cannot be read, or does not suit the task (too few classes, multi-label data for a
             task that takes one target).
         ConfigError: An unknown ``model.task``.
     """
-    from hubft.data import load_data
+    from hubft.data import load_data, load_stream
 
     task = get_task(config.model.task)
     d = config.data
-    data = load_data(
-        name=d.name, path=d.path, dataset=dataset, revision=d.revision, image_column=d.image_column,
-        label_column=d.label_column, train_split=d.train_split, eval_split=d.eval_split,
-        eval_fraction=d.eval_fraction, classes=d.classes, max_per_class=d.max_per_class, seed=config.train.seed,
-    )
+    if d.streaming:
+        data = load_stream(name=d.name, revision=d.revision, image_column=d.image_column, label_column=d.label_column,
+                           train_split=d.train_split, eval_split=d.eval_split, max_eval_examples=d.max_eval_examples)
+    else:
+        data = load_data(
+            name=d.name, path=d.path, dataset=dataset, revision=d.revision, image_column=d.image_column,
+            label_column=d.label_column, train_split=d.train_split, eval_split=d.eval_split,
+            eval_fraction=d.eval_fraction, classes=d.classes, max_per_class=d.max_per_class, seed=config.train.seed,
+        )
     task = task.for_labels(data.multi_label)
     task.check_labels(data.label_names)
     return data, task
@@ -184,18 +192,22 @@ class Loaders:
 
     train: torch.utils.data.DataLoader
     eval: torch.utils.data.DataLoader
-    train_sampler: EpochSampler
+    train_sampler: EpochSampler | StreamingTrainData
     train_normalize: Any
     eval_normalize: Any
+    #: The streamed train data (``data.streaming``), which Accelerate must not prepare; else None.
+    train_stream: StreamingTrainData | None = None
 
 
 def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, device: torch.device,
                    num_processes: int = 1) -> Loaders:
     """Train and eval loaders with the backbone's own preprocessing; augmentation on the train split only.
 
+    A streamed train split (``data.streaming``) is read by :func:`create_train_stream`, in the training process.
+
     Raises:
         ConfigError: A batch size that leaves a last batch of one image for a model with BatchNorm.
-        DataError: An image cannot be decoded, or a label is out of range.
+        DataError: An image cannot be decoded, or a label is out of range; a stream's epoch length is unknown.
     """
     from hubft.data import ImageClassificationDataset, create_transforms
     from hubft.train.validation import check_no_batch_of_one
@@ -209,18 +221,45 @@ def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, d
     # device) and the loop normalises each batch on the device with the transform's own constants.
     ds_kwargs = dict(image_column=data.image_column, label_column=data.label_column, multi_label=data.multi_label,
                      num_classes=len(data.label_names), cache=d.cache, normalize=False)
-    train_ds = SeededDataset(ImageClassificationDataset(data.train, train_tf, split="train", **ds_kwargs))
-    check_no_batch_of_one(model, len(train_ds), t.batch_size, num_processes)
     eval_ds = SeededDataset(ImageClassificationDataset(data.eval, eval_tf, split="eval", **ds_kwargs))
-    train_sampler = EpochSampler(len(train_ds), seed=t.seed, shuffle=True)
-    workers = default_num_workers(device, num_processes) if d.num_workers == "auto" else d.num_workers
+    # A stream is read in the training process: its position is what a checkpoint records (config refuses workers).
+    workers = 0 if d.streaming else default_num_workers(device, num_processes) if d.num_workers == "auto" \
+        else d.num_workers
     # Persistent workers: a short epoch must not pay for starting them again (the sampler lives in this process,
     # so set_epoch still reaches them).
     loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    train = torch.utils.data.DataLoader(train_ds, batch_size=t.batch_size, sampler=train_sampler, **loader_kw)
     eval_ = torch.utils.data.DataLoader(eval_ds, batch_size=t.eval_batch_size or t.batch_size,
                                         sampler=EpochSampler(len(eval_ds), seed=t.seed, shuffle=False), **loader_kw)
+    if d.streaming:
+        stream = create_train_stream(config, data, train_tf, num_processes)
+        train = torch.utils.data.DataLoader(stream, batch_size=t.batch_size, **loader_kw)
+        return Loaders(train, eval_, stream, train_tf.normalize, eval_tf.normalize, train_stream=stream)
+    train_ds = SeededDataset(ImageClassificationDataset(data.train, train_tf, split="train", **ds_kwargs))
+    check_no_batch_of_one(model, len(train_ds), t.batch_size, num_processes)
+    train_sampler = EpochSampler(len(train_ds), seed=t.seed, shuffle=True)
+    train = torch.utils.data.DataLoader(train_ds, batch_size=t.batch_size, sampler=train_sampler, **loader_kw)
     return Loaders(train, eval_, train_sampler, train_tf.normalize, eval_tf.normalize)
+
+
+def create_train_stream(config: FinetuneConfig, data: DataBundle, transform: Any,
+                        num_processes: int = 1) -> StreamingTrainData:
+    """This process's part of the streamed train split, ``updates_per_epoch x grad_accum_steps`` batches an epoch.
+
+    Raises:
+        DataError: The epoch length is unknown (no ``train.updates_per_epoch``, no recorded size).
+    """
+    from accelerate import PartialState
+
+    t = config.train
+    updates = stream_updates_per_epoch(config, data.source.num_train, num_processes)
+    stream = StreamingTrainData(
+        data.train, transform, image_column=data.image_column, label_column=data.label_column,
+        multi_label=data.multi_label, num_classes=len(data.label_names), batch_size=t.batch_size,
+        batches_per_epoch=updates * t.grad_accum_steps, seed=t.seed, shuffle_buffer=config.data.shuffle_buffer,
+        rank=PartialState().process_index if num_processes > 1 else 0, world_size=num_processes)
+    PartialState().print(f"hubft: streaming {config.data.name} ({stream.num_shards} shards, split by "
+                         f"{stream.split_by} over {num_processes} process(es)): {updates} updates per epoch")
+    return stream
 
 
 def create_run_loss(config: FinetuneConfig, task: Task, loss: Any = None) -> tuple[nn.Module, Any, float]:
@@ -276,7 +315,7 @@ def prepare_for_training(accelerator: Accelerator, config: FinetuneConfig, model
     """Accelerate's ``prepare`` of model, optimizer and loaders; returns ``(model, optimizer, train, eval)``.
 
     The training loader keeps its batches on the host: the loop moves them itself, one batch ahead on a side
-    stream (:mod:`hubft.train.prefetch`).
+    stream (:mod:`hubft.train.prefetch`). A streamed one is not prepared at all (see :mod:`hubft.train.stream`).
     """
     # DDP registers only the parameters that require grad when it wraps the model: a body that a freeze schedule
     # unfreezes later must be registered now (and is "unused" until then).
@@ -285,7 +324,9 @@ def prepare_for_training(accelerator: Accelerator, config: FinetuneConfig, model
         for p in frozen:
             p.requires_grad_(True)
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, loaders.eval)
-    train_loader = accelerator.prepare_data_loader(loaders.train, device_placement=False)
+    # A stream is split across processes by hubft already: Accelerate would split it again and skip examples.
+    train_loader = loaders.train if loaders.train_stream is not None else \
+        accelerator.prepare_data_loader(loaders.train, device_placement=False)
     for p in frozen:
         p.requires_grad_(False)
     return model, optimizer, train_loader, eval_loader
@@ -343,7 +384,7 @@ def build_parts(config: FinetuneConfig, accelerator: Accelerator, data: DataBund
         mixing=create_mixing(config.data, task, loss_fn, smoothing, len(data.label_names), data.multi_label),
         output=output,
         checkpoint_pusher=_create_checkpoint_pusher(config, acc.is_main_process),
-        reuses_host_memory=reuses_host_memory)
+        reuses_host_memory=reuses_host_memory, train_stream=loaders.train_stream)
 
 
 def _create_ema(config: FinetuneConfig, model: nn.Module) -> Any:

@@ -61,15 +61,18 @@ def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> No
 
 
 def check_data_source(config: FinetuneConfig, *, has_dataset: bool = False) -> None:
-    """Exactly one source of data: ``data.name``, ``data.path``, or a dataset passed in Python.
+    """Exactly one source of data: ``data.name``, ``data.path``, or a dataset passed in Python (not streamed).
 
     Raises:
-        ConfigError: None or several are given.
+        ConfigError: None or several are given, or a dataset passed in Python with ``data.streaming``.
     """
     given = (config.data.name is not None) + (config.data.path is not None)
     if has_dataset and given:
         raise ConfigError("a dataset was passed in Python, so data.name and data.path must be null",
                           fix="drop data.name / data.path, or do not pass a dataset")
+    if has_dataset and config.data.streaming:
+        raise ConfigError("data.streaming streams data.name from the Hub, but a dataset was passed in Python",
+                          fix="drop data.streaming, or set data.name instead of passing a dataset")
     if not has_dataset and given != 1:
         raise ConfigError("give exactly one of data.name (a Hub dataset id) and data.path (a local folder or file)",
                           fix="set data.name or data.path in the config, not both")

@@ -42,7 +42,7 @@ def test_python_dataset_is_detected_and_carved(synthetic):
     assert (len(bundle.train), len(bundle.eval)) == (24, 6)
     assert bundle.source.to_dict() == {
         "kind": "python", "dataset": None, "revision": None, "revision_sha": None, "train_split": "train",
-        "eval_split": None, "eval_fraction": 0.2, "num_train": 24, "num_eval": 6,
+        "eval_split": None, "eval_fraction": 0.2, "num_train": 24, "num_eval": 6, "streaming": False,
     }
     assert isinstance(bundle.train[0]["image"], Image.Image)
 

@@ -34,6 +34,7 @@ class Case:
     untouched: bool = True  # False: the mistake can only surface once training started (see the case)
     command: str = "finetune"
     fix: bool = True  # False: the message has no "Fix:" yet (named in the case, to be fixed where it is raised)
+    hub: bool = False  # True: the "<name>"s include datasets published on the local Hub (``streamed_inputs``)
 
 
 def _drop(name: str) -> Callable[[Path], None]:
@@ -114,6 +115,25 @@ CASES = {
                           "unknown class 'cat'"),
     "eval-split-missing": Case("data.eval_split names a split the data lacks", ["--data.eval_split", "test"],
                                "split 'test' not found"),
+    # -- streaming
+    "streaming-a-local-folder": Case("data.streaming with a local data.path (streaming reads a Hub dataset)",
+                                     ["--data.streaming", "true"], "cannot be combined with data.streaming"),
+    "streaming-with-workers": Case("data.streaming with data-loader workers",
+                                   ["--data.path", "null", "--data.name", "someone/data", "--data.streaming", "true",
+                                    "--data.num_workers", "2"], "data.num_workers = 2 cannot be combined"),
+    "streaming-option-without-streaming": Case("a streaming option without data.streaming",
+                                               ["--data.shuffle_buffer", "64"], "data.shuffle_buffer = 64 would be"),
+    "updates-per-epoch-without-streaming": Case("train.updates_per_epoch without data.streaming",
+                                                ["--train.updates_per_epoch", "5"],
+                                                "train.updates_per_epoch = 5 would be ignored"),
+    "streaming-without-a-length": Case(
+        "a streamed dataset whose size the Hub does not record, without train.updates_per_epoch",
+        ["--data.path", "null", "--data.name", "<unsized_stream>", "--data.streaming", "true"],
+        "set train.updates_per_epoch", hub=True),
+    "streaming-without-an-eval-split": Case(
+        "a streamed dataset without an eval split (a stream cannot have one carved out)",
+        ["--data.path", "null", "--data.name", "<stream_without_eval>", "--data.streaming", "true",
+         "--train.updates_per_epoch", "2"], "has no eval split", hub=True),
     # -- weights and the Hub
     "corrupt-weights": Case("a truncated model.safetensors", ["--model.name", "local-dir:<truncated>",
                                                               "--model.pretrained", "true"], "truncated"),
@@ -257,6 +277,27 @@ def inputs(tmp_path_factory, images) -> dict:
             "no_labels": root / "no_labels.parquet", "images": images, **{p.stem: p for p in root.iterdir()}}
 
 
+@pytest.fixture(scope="session")
+def streamed_inputs(local_hub, tmp_path_factory) -> dict:
+    """Datasets on the local Hub for the streaming cases: parquet shards uploaded without a dataset card (so no
+    recorded size), one with a validation split and one without."""
+    from huggingface_hub import HfApi
+
+    from hubft.data import make_synthetic_image_dataset
+
+    api, root = HfApi(token=local_hub.token), tmp_path_factory.mktemp("streamed")
+    data = make_synthetic_image_dataset(num_classes=3, per_class=4, size=8)
+    found = {}
+    for name, splits in (("unsized_stream", ("train", "validation")), ("stream_without_eval", ("train",))):
+        (root / name).mkdir()
+        for split in splits:
+            data.to_parquet(str(root / name / f"{split}-00000-of-00001.parquet"))
+        found[name] = f"{local_hub.user}/bad-inputs-{name.replace('_', '-')}"
+        api.create_repo(found[name], repo_type="dataset")
+        api.upload_folder(repo_id=found[name], repo_type="dataset", folder_path=str(root / name), path_in_repo="data")
+    return found
+
+
 def _copy_run(src: Path, dst: Path) -> None:
     """A copy of a finished run; its large files hard-linked (hubft replaces files, never rewrites them: the
     digest check would see it)."""
@@ -273,13 +314,15 @@ def _digest(root: Path) -> dict:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gives_one_line_cause_and_fix(case, tmp_path, make_config, finished_run, inputs, capsys,
-                                                record_property, rel):
+                                                record_property, rel, request):
     c = CASES[case]
     run = tmp_path / "run"
     _copy_run(finished_run, run)
     if c.setup:
         c.setup(run)
     names = {k: str(v) for k, v in inputs.items()} | {"run": str(run)}
+    if c.hub:
+        names |= request.getfixturevalue("streamed_inputs")
     argv = list(c.argv)
     for key, value in names.items():
         argv = [a.replace(f"<{key}>", value) for a in argv]
