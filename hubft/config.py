@@ -319,6 +319,12 @@ class TrainConfig:
         "auto", "Keep freed host memory in the process for the next update instead of returning it to the OS (glibc "
         "malloc settings, process-wide): auto (when training on CPU; about 15% faster resnet18 updates on 2 cores), "
         "true, false.", rule=one_of("auto", True, False))
+    fsdp: bool = _f(
+        False, "Shard parameters, gradients and optimizer state across the processes with torch's FSDP2 (each timm "
+        "block a unit; checkpoints sharded, resumable at another number of processes; the finished model one "
+        "consolidated model.safetensors). Also on under `accelerate launch --config_file recipes/fsdp.yaml`.")
+    grad_checkpointing: bool = _f(False, "Recompute the blocks' activations in backward instead of keeping them "
+                                  "(timm's set_grad_checkpointing): less memory, about a third more compute.")
     seed: int = _f(0, "Seed for data order, augmentation, head init and dropout.")
     check_gradients: bool = _f(
         True, "Refuse an update whose gradients hold NaN/inf, not only a non-finite loss: one read of every gradient "
@@ -375,8 +381,11 @@ class FinetuneConfig:
         """Rules between sections (each section checks its own fields first).
 
         Raises:
-            ConfigError: ``hub.merge_adapter`` without ``model.adapter``; ``hub.push_checkpoints`` with it.
+            ConfigError: ``hub.merge_adapter`` without ``model.adapter``; ``hub.push_checkpoints`` with it;
+                ``train.fsdp`` with ``model.adapter``, ``train.ema`` or fp16.
         """
+        if self.train.fsdp:
+            self._check_fsdp()
         if self.hub.merge_adapter and self.model.adapter is None:
             raise ConfigError("hub.merge_adapter = True is invalid: there is no adapter to merge (model.adapter is "
                               "null)", fix="set model.adapter (lora or dora), or drop hub.merge_adapter")
@@ -385,6 +394,15 @@ class FinetuneConfig:
             raise ConfigError("hub.push_checkpoints cannot be combined with model.adapter: an adapter run's "
                               "checkpoints hold the frozen backbone too, which an adapter repo must never carry",
                               fix="drop hub.push_checkpoints (resume from the local checkpoints)")
+
+
+    def _check_fsdp(self) -> None:
+        # Each is a copy of the whole model, or a scaler over whole gradients, beside the shards.
+        clash = ("model.adapter" if self.model.adapter is not None else "train.ema" if self.train.ema
+                 else "train.mixed_precision 'fp16'" if self.train.mixed_precision == "fp16" else None)
+        if clash is not None:
+            raise ConfigError(f"train.fsdp cannot be combined with {clash} (hubft does not shard it)",
+                              fix=f"drop {clash.split()[0]} (bf16 works with train.fsdp), or drop train.fsdp")
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(FinetuneConfig)

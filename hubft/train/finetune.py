@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, copy_config, load_config
+from hubft.config import (FinetuneConfig, check_config, config_from_dict, config_to_dict, copy_config,
+                          load_config)
 from hubft.errors import ConfigError, TrainingError
 from hubft.faults import fault_point
 from hubft.train.checkpoint import remove_checkpoints, run_agreed
@@ -74,10 +75,18 @@ class FinetuneResult:
 def _resolve_config(config: FinetuneConfig | dict | str | os.PathLike) -> FinetuneConfig:
     """The run's own checked copy of ``config``: the caller's object is never changed."""
     if isinstance(config, FinetuneConfig):
-        return copy_config(config)
-    if isinstance(config, dict):
-        return config_from_dict(config)
-    return load_config(config)
+        config = copy_config(config)
+    elif isinstance(config, dict):
+        config = config_from_dict(config)
+    else:
+        config = load_config(config)
+    from hubft.train.sharding import fsdp_from_launcher
+
+    if not config.train.fsdp and fsdp_from_launcher():
+        # `accelerate launch --config_file recipes/fsdp.yaml`: the launcher's choice, written into the run's config.
+        config.train.fsdp = True
+        check_config(config)
+    return config
 
 
 def _os_errors(what: str):

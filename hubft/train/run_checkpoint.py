@@ -19,6 +19,7 @@ from hubft.train.checkpoint import (Exchange, find_latest_checkpoint, prune_chec
                                     run_agreed, verify_checkpoint, write_checkpoint)
 from hubft.train.finite import inner_optimizer
 from hubft.train.parts import RunParts
+from hubft.train.sharding import SHARDED_DIR, load_sharded_state, save_sharded_state
 from hubft.train.state import STATE_FILE, TrainState
 
 __all__ = ["compat_fields", "failure_exchange", "load_run_checkpoint", "optimizer_implementation",
@@ -30,14 +31,18 @@ def compat_fields(parts: RunParts) -> dict:
     c = parts.config
     adapter = {"model.adapter": c.model.adapter, "model.adapter_options": c.model.adapter_options} \
         if c.model.adapter is not None else {}
+    n = parts.accelerator.num_processes
+    # A sharded checkpoint re-shards to any number of processes: the run stays the same while the images of an
+    # update do (train.batch_size x grad_accum_steps x processes). Accelerate's state of a DDP run is per process.
+    layout = {"train.fsdp": True, "global_batch": c.train.batch_size * c.train.grad_accum_steps * n} \
+        if c.train.fsdp else {"train.batch_size": c.train.batch_size,
+                              "train.grad_accum_steps": c.train.grad_accum_steps, "num_processes": n}
     return {
         **adapter,
+        **layout,
         "model.name": c.model.name,
         "label_names": list(parts.data.label_names),
-        "train.batch_size": c.train.batch_size,
-        "train.grad_accum_steps": c.train.grad_accum_steps,
         "train.seed": c.train.seed,
-        "num_processes": parts.accelerator.num_processes,
         "train_examples": len(parts.data.train),
         "optim.name": c.optim.name,
         "schedule.name": c.schedule.name if isinstance(c.schedule.name, str) else repr(c.schedule.name),
@@ -73,8 +78,11 @@ def save_run_checkpoint(parts: RunParts, state: TrainState) -> Path:
         # exist only while a test plans faults.
         import accelerate.checkpointing
 
-        with fault_points_after_writes(accelerate.checkpointing, "save", _accelerate_file_point):
-            acc.save_state(str(tmp))
+        if parts.config.train.fsdp:  # every process writes its shards; no RNG files: hubft seeds by position
+            save_sharded_state(tmp / SHARDED_DIR, parts.model, inner_optimizer(parts.optimizer))
+        else:
+            with fault_points_after_writes(accelerate.checkpointing, "save", _accelerate_file_point):
+                acc.save_state(str(tmp))
         fault_point("checkpoint_after_accelerate_state")
         if acc.is_main_process:
             torch.save(parts.schedule.state_dict(), tmp / "scheduler.pt")
@@ -84,6 +92,7 @@ def save_run_checkpoint(parts: RunParts, state: TrainState) -> Path:
             (tmp / STATE_FILE).write_text(state.to_json())
             fault_point("checkpoint_after_train_state")
 
+    state.layout = _layout(parts)
     exchange = failure_exchange(parts)
     path = write_checkpoint(root, state.update, write, is_main_process=acc.is_main_process, exchange=exchange,
                             tmp_name=f".tmp-step-{state.update:08d}")
@@ -117,7 +126,11 @@ def load_run_checkpoint(parts: RunParts, path: Path, compat: dict) -> TrainState
     state.check_compatible(compat, path)
     implementation = optimizer_implementation(parts)
     try:
-        acc.load_state(str(path))
+        if parts.config.train.fsdp:
+            load_sharded_state(path / SHARDED_DIR, parts.model, inner_optimizer(parts.optimizer))
+            _continue_at_this_layout(state, _layout(parts))
+        else:
+            acc.load_state(str(path))
         parts.schedule.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if parts.ema is not None and (path / "ema.safetensors").is_file():
             parts.ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
@@ -128,6 +141,25 @@ def load_run_checkpoint(parts: RunParts, path: Path, compat: dict) -> TrainState
     _restore_implementation(parts, implementation)
     state.compat = compat
     return state
+
+
+def _layout(parts: RunParts) -> dict:
+    return {"processes": parts.accelerator.num_processes, "grad_accum_steps": parts.config.train.grad_accum_steps}
+
+
+def _continue_at_this_layout(state: TrainState, layout: dict) -> None:
+    """Translate the position in the epoch of a (sharded) checkpoint written at another number of processes or
+    accumulation steps: the same updates done, and the epoch's mean train loss so far carried over."""
+    old = state.layout or layout
+    if old == layout:
+        return
+    done = state.batches_in_epoch // old["grad_accum_steps"]  # checkpoints fall on update boundaries
+    batches = done * layout["grad_accum_steps"]
+    if state.epoch_loss_sums and state.batches_in_epoch:
+        mean = sum(state.epoch_loss_sums) / len(state.epoch_loss_sums) / state.batches_in_epoch
+        state.epoch_loss_sums = [mean * batches] * layout["processes"]
+        state.epoch_loss_sum = state.epoch_loss_sums[0]
+    state.batches_in_epoch, state.layout = batches, layout
 
 
 def _restore_implementation(parts: RunParts, implementation: list[dict]) -> None:
