@@ -33,7 +33,7 @@ from hubft.train.outputs import OutputWriter, flat_dict
 from hubft.train.parts import RunParts
 from hubft.train.run_checkpoint import failure_exchange, resolve_resume
 from hubft.train.setup import build_parts, create_accelerator, create_run_model, load_run_data
-from hubft.train.validation import check_run_config
+from hubft.train.validation import check_run_config, check_shared_output_dir
 
 __all__ = ["Finetuner", "finetune", "FinetuneResult", "PREEMPTED_EXIT_CODE"]
 
@@ -140,6 +140,11 @@ class Finetuner:
         self._dataset, self._loss = dataset, loss
         self.stop = StopRequest()
         self.accelerator = create_accelerator(self.config)
+        try:
+            check_shared_output_dir(self.accelerator, self.config.train.output_dir)
+        except ConfigError:
+            _leave_process_group()  # every process raises it: exit cleanly, not with gloo's abort
+            raise
         #: Whether ``train.reuse_host_memory`` is in force (process-wide, so applied once the run is created).
         self.reuses_host_memory = reuse_host_memory(self.config.train.reuse_host_memory, self.accelerator.device)
         self.data = self.task = None
@@ -250,8 +255,7 @@ class Finetuner:
                 acc.print(f"hubft: warning: a checkpoint upload failed: {error}")
         acc.wait_for_everyone()
         acc.end_training()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        _leave_process_group()
 
     def result(self, url: str | None = None) -> FinetuneResult:
         """The run's :class:`FinetuneResult` (after :meth:`fit`, and :meth:`save` for ``output_dir``)."""
@@ -265,6 +269,11 @@ class Finetuner:
         if self.loop is None:
             raise ConfigError("the run is not set up", fix="call setup() (or the setup_* stages) first")
         return self.loop
+
+
+def _leave_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def finetune(config: FinetuneConfig | dict | str | os.PathLike, *, dataset=None, loss=None) -> FinetuneResult:
