@@ -19,8 +19,11 @@ Accelerate still owns the processes, devices, loaders, gathers and gradient clip
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +160,8 @@ def save_sharded_state(directory: Path, model: nn.Module, optimizer: torch.optim
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.save(state, checkpoint_id=str(directory), no_dist=_single_process())
+    with _single_process() as single:
+        dcp.save(state, checkpoint_id=str(directory), no_dist=single)
 
 
 def load_sharded_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -168,11 +172,18 @@ def load_sharded_state(directory: Path, model: nn.Module, optimizer: torch.optim
 
     # get_optimizer_state_dict first gives a fresh optimizer its state tensors (a step at LR 0), for DCP to fill.
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(directory), no_dist=_single_process())
+    with _single_process() as single:
+        dcp.load(state, checkpoint_id=str(directory), no_dist=single)
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 
-def _single_process() -> bool:
-    # One process (train.fsdp without a process group) reads and writes the same format, unsharded.
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
+@contextlib.contextmanager
+def _single_process() -> Iterator[bool]:
+    # One process (train.fsdp without a process group) reads and writes the same format, unsharded, on purpose:
+    # DCP's warning that it "assumes" so is noise then.
+    single = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    with warnings.catch_warnings():
+        if single:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield single
