@@ -397,12 +397,18 @@ class FinetuneConfig:
 
 
     def _check_fsdp(self) -> None:
-        # Each is a copy of the whole model, or a scaler over whole gradients, beside the shards.
-        clash = ("model.adapter" if self.model.adapter is not None else "train.ema" if self.train.ema
-                 else "train.mixed_precision 'fp16'" if self.train.mixed_precision == "fp16" else None)
-        if clash is not None:
-            raise ConfigError(f"train.fsdp cannot be combined with {clash} (hubft does not shard it)",
-                              fix=f"drop {clash.split()[0]} (bf16 works with train.fsdp), or drop train.fsdp")
+        clashes = [
+            ("train.ema", self.train.ema, "the average is a whole-model copy beside the shards",
+             "drop train.ema"),
+            ("model.adapter", self.model.adapter is not None, "hubft does not shard a peft-wrapped model",
+             "drop model.adapter (an adapter's optimizer state is small already)"),
+            ("train.mixed_precision 'fp16'", self.train.mixed_precision == "fp16",
+             "FSDP2 would need a sharded gradient scaler", "use train.mixed_precision 'bf16' (or 'no')"),
+        ]
+        for name, present, why, fix in clashes:
+            if present:
+                raise ConfigError(f"train.fsdp cannot be combined with {name}: {why}",
+                                  fix=f"{fix}, or drop train.fsdp")
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(FinetuneConfig)

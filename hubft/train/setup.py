@@ -313,13 +313,13 @@ def prepare_for_training(accelerator: Accelerator, config: FinetuneConfig, model
     The training loader keeps its batches on the host: the loop moves them itself, one batch ahead on a side
     stream (:mod:`hubft.train.prefetch`).
     """
-    # DDP registers only the parameters that require grad when it wraps the model: a body that a freeze schedule
-    # unfreezes later must be registered now (and is "unused" until then).
     from hubft.train.sharding import is_sharded
 
     if is_sharded(model):  # sharded by hubft (train.fsdp); Accelerate would wrap it in DDP again
         optimizer, eval_loader = accelerator.prepare(optimizer, loaders.eval)
         return model, optimizer, accelerator.prepare_data_loader(loaders.train, device_placement=False), eval_loader
+    # DDP registers only the parameters that require grad when it wraps the model: a body that a freeze schedule
+    # unfreezes later must be registered now (and is "unused" until then).
     frozen = [p for p in model.parameters() if not p.requires_grad]
     if config.model.unfreezes and accelerator.num_processes > 1:
         for p in frozen:
@@ -370,7 +370,8 @@ def build_parts(config: FinetuneConfig, accelerator: Accelerator, data: DataBund
     acc = accelerator
     loaders = create_loaders(config, data, model, acc.device, acc.num_processes)
     loss_fn, loss_label, smoothing = create_run_loss(config, task, loss)
-    optimizer, group_names = create_run_optimizer(config, model, _groups_after_sharding(config, acc, model))
+    groups = _shard_for_fsdp(config, acc, model)  # train.fsdp: the groups by name, then the model sharded in place
+    optimizer, group_names = create_run_optimizer(config, model, groups)
     model, optimizer, train_loader, eval_loader = prepare_for_training(acc, config, model, optimizer, loaders)
     updates_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum_steps)
     schedule, total = create_run_schedule(config, task, optimizer, updates_per_epoch)
@@ -386,7 +387,7 @@ def build_parts(config: FinetuneConfig, accelerator: Accelerator, data: DataBund
         reuses_host_memory=reuses_host_memory)
 
 
-def _groups_after_sharding(config: FinetuneConfig, accelerator: Accelerator, model: nn.Module) -> list[dict] | None:
+def _shard_for_fsdp(config: FinetuneConfig, accelerator: Accelerator, model: nn.Module) -> list[dict] | None:
     """With ``train.fsdp`` on several processes: the groups built by name, then the model sharded in place and the
     groups re-bound to its sharded parameters. None otherwise (the optimizer builds them)."""
     if not (config.train.fsdp and accelerator.num_processes > 1):
