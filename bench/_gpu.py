@@ -143,4 +143,18 @@ def run(reps: int, device: torch.device) -> list[Row]:
                                 case=f"{case.label}, {torch.cuda.get_device_name(device)}",
                                 value=detail[f"images_per_s_median[{side}]"], low=images / max(times),
                                 high=images / min(times), pairs=len(times), unit="img/s", note=TIMM_SOURCE))
+    rows += sharding_rows(reps, device)
     return rows
+
+
+def sharding_rows(reps: int, device: torch.device) -> list[Row]:
+    """FSDP2 vs DDP (step time, per-process peak memory) on the GPUs, one process each (``bench._sharding``)."""
+    from bench import _sharding
+
+    try:
+        return _sharding.run(reps, False, device)
+    except Exception:  # the lines above are still worth having
+        import traceback
+
+        traceback.print_exc()
+        return []

@@ -352,6 +352,12 @@ class TrainConfig:
         "auto", "Keep freed host memory in the process for the next update instead of returning it to the OS (glibc "
         "malloc settings, process-wide): auto (when training on CPU; about 15% faster resnet18 updates on 2 cores), "
         "true, false.", rule=one_of("auto", True, False))
+    fsdp: bool = _f(
+        False, "Shard parameters, gradients and optimizer state across the processes with torch's FSDP2 (each timm "
+        "block a unit; checkpoints sharded, resumable at another number of processes; the finished model one "
+        "consolidated model.safetensors). Also on under `accelerate launch --config_file recipes/fsdp.yaml`.")
+    grad_checkpointing: bool = _f(False, "Recompute the blocks' activations in backward instead of keeping them "
+                                  "(timm's set_grad_checkpointing): less memory, about a third more compute.")
     seed: int = _f(0, "Seed for data order, augmentation, head init and dropout.")
     check_gradients: bool = _f(
         True, "Refuse an update whose gradients hold NaN/inf, not only a non-finite loss: one read of every gradient "
@@ -413,8 +419,11 @@ class FinetuneConfig:
 
         Raises:
             ConfigError: ``hub.merge_adapter`` without ``model.adapter``; ``hub.push_checkpoints`` with it;
-                ``train.updates_per_epoch`` without ``data.streaming``.
+                ``train.updates_per_epoch`` without ``data.streaming``; ``train.fsdp`` with ``model.adapter``,
+                ``train.ema`` or fp16.
         """
+        if self.train.fsdp:
+            self._check_fsdp()
         if self.train.updates_per_epoch is not None and not self.data.streaming:
             raise ConfigError(f"train.updates_per_epoch = {self.train.updates_per_epoch} would be ignored: an epoch of "
                               "data that is not streamed is one pass over it",
@@ -427,6 +436,20 @@ class FinetuneConfig:
             raise ConfigError("hub.push_checkpoints cannot be combined with model.adapter: an adapter run's "
                               "checkpoints hold the frozen backbone too, which an adapter repo must never carry",
                               fix="drop hub.push_checkpoints (resume from the local checkpoints)")
+
+    def _check_fsdp(self) -> None:
+        clashes = [
+            ("train.ema", self.train.ema, "the average is a whole-model copy beside the shards",
+             "drop train.ema"),
+            ("model.adapter", self.model.adapter is not None, "hubft does not shard a peft-wrapped model",
+             "drop model.adapter (an adapter's optimizer state is small already)"),
+            ("train.mixed_precision 'fp16'", self.train.mixed_precision == "fp16",
+             "FSDP2 would need a sharded gradient scaler", "use train.mixed_precision 'bf16' (or 'no')"),
+        ]
+        for name, present, why, fix in clashes:
+            if present:
+                raise ConfigError(f"train.fsdp cannot be combined with {name}: {why}",
+                                  fix=f"{fix}, or drop train.fsdp")
 
 
 _SECTIONS: dict[str, type] = typing.get_type_hints(FinetuneConfig)

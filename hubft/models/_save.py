@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from timm.utils import unwrap_model
+import torch
 from torch import nn
 
 from hubft.errors import ModelError
@@ -18,7 +19,8 @@ from hubft.models._weights import CONFIG_NAME, WEIGHTS_NAME, write_safetensors
 __all__ = ["save_pretrained"]
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
+def save_pretrained(model: nn.Module, directory: str | os.PathLike,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save a timm model to ``directory`` as ``model.safetensors`` and ``config.json``.
 
     ``model.safetensors`` holds the full state dict (CPU, contiguous, ``metadata={"format": "pt"}``).
@@ -39,6 +41,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     Args:
         model: A timm model, e.g. from :func:`create_model`.
         directory: Created if missing.
+        state_dict: The weights to write instead of ``model.state_dict()`` (the consolidated weights of a sharded
+            model).
 
     Returns:
         The directory.
@@ -68,7 +72,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     if directory.exists() and not directory.is_dir():
         raise ModelError(f"cannot save into {str(directory)!r}: it is a file", fix="choose a directory path")
     directory.mkdir(parents=True, exist_ok=True)
-    write_safetensors(model.state_dict(), directory / WEIGHTS_NAME)
+    write_safetensors(model.state_dict() if state_dict is None else state_dict, directory / WEIGHTS_NAME)
     adapter = getattr(model, "hubft_adapter", None)
     write_config(model, directory / CONFIG_NAME, label_names=label_names, hubft={
         "format": 1,

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from hubft.config import FinetuneConfig, config_from_dict, config_to_dict, copy_config, load_config
+from hubft.config import (FinetuneConfig, check_config, config_from_dict, config_to_dict, copy_config,
+                          load_config)
 from hubft.errors import ConfigError, TrainingError
 from hubft.faults import fault_point
 from hubft.train.checkpoint import remove_checkpoints, run_agreed
@@ -32,7 +33,7 @@ from hubft.train.outputs import OutputWriter, flat_dict
 from hubft.train.parts import RunParts
 from hubft.train.run_checkpoint import failure_exchange, resolve_resume
 from hubft.train.setup import build_parts, create_accelerator, create_run_model, load_run_data
-from hubft.train.validation import check_run_config
+from hubft.train.validation import check_run_config, check_shared_output_dir
 
 __all__ = ["Finetuner", "finetune", "FinetuneResult", "PREEMPTED_EXIT_CODE"]
 
@@ -74,10 +75,18 @@ class FinetuneResult:
 def _resolve_config(config: FinetuneConfig | dict | str | os.PathLike) -> FinetuneConfig:
     """The run's own checked copy of ``config``: the caller's object is never changed."""
     if isinstance(config, FinetuneConfig):
-        return copy_config(config)
-    if isinstance(config, dict):
-        return config_from_dict(config)
-    return load_config(config)
+        config = copy_config(config)
+    elif isinstance(config, dict):
+        config = config_from_dict(config)
+    else:
+        config = load_config(config)
+    from hubft.train.sharding import fsdp_from_launcher
+
+    if not config.train.fsdp and fsdp_from_launcher():
+        # `accelerate launch --config_file recipes/fsdp.yaml`: the launcher's choice, written into the run's config.
+        config.train.fsdp = True
+        check_config(config)
+    return config
 
 
 def _os_errors(what: str):
@@ -131,6 +140,11 @@ class Finetuner:
         self._dataset, self._loss = dataset, loss
         self.stop = StopRequest()
         self.accelerator = create_accelerator(self.config)
+        try:
+            check_shared_output_dir(self.accelerator, self.config.train.output_dir)
+        except ConfigError:
+            _leave_process_group()  # every process raises it: exit cleanly, not with gloo's abort
+            raise
         #: Whether ``train.reuse_host_memory`` is in force (process-wide, so applied once the run is created).
         self.reuses_host_memory = reuse_host_memory(self.config.train.reuse_host_memory, self.accelerator.device)
         self.data = self.task = None
@@ -243,8 +257,7 @@ class Finetuner:
                 acc.print(f"hubft: warning: a checkpoint upload failed: {error}")
         acc.wait_for_everyone()
         acc.end_training()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        _leave_process_group()
 
     def result(self, url: str | None = None) -> FinetuneResult:
         """The run's :class:`FinetuneResult` (after :meth:`fit`, and :meth:`save` for ``output_dir``)."""
@@ -258,6 +271,11 @@ class Finetuner:
         if self.loop is None:
             raise ConfigError("the run is not set up", fix="call setup() (or the setup_* stages) first")
         return self.loop
+
+
+def _leave_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def finetune(config: FinetuneConfig | dict | str | os.PathLike, *, dataset=None, loss=None) -> FinetuneResult:

@@ -37,7 +37,9 @@ def gradients_not_finite(parameters: Iterable[torch.nn.Parameter], one: torch.Te
     groups: dict[tuple, list[torch.Tensor]] = {}
     for p in parameters:
         if p.grad is not None:
-            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+            # A sharded (DTensor) gradient is checked by its own process's shard; the caller agrees across processes.
+            grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            groups.setdefault((grad.device, grad.dtype), []).append(grad)
     found = torch.zeros((), device=one.device)  # each group's pass sets it to 1 on a NaN/inf, as in GradScaler
     for grads in groups.values():
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)

@@ -119,6 +119,10 @@ class OutputWriter:
         when they fail on the main process (disk full), every process raises the same error instead of waiting.
         """
         parts.accelerator.wait_for_everyone()
+        from hubft.train.sharding import full_state_dict, is_sharded
+
+        # One consolidated model.safetensors, gathered from the shards (a collective: every process takes part).
+        weights = full_state_dict(parts.model) if is_sharded(parts.model) else None
 
         def write() -> None:
             if not self.is_main:
@@ -129,7 +133,7 @@ class OutputWriter:
 
             c = parts.config
             save_pretrained(parts.ema.module if (parts.ema is not None and c.train.save_ema)
-                            else parts.unwrapped_model, self.root)
+                            else parts.unwrapped_model, self.root, state_dict=weights)
             _remove_stale_model_files(self.root, adapter=c.model.adapter is not None)
             metrics = {
                 "final": loop.last_metrics,

@@ -20,6 +20,7 @@ from hubft.train.checkpoint import (Exchange, find_latest_checkpoint, prune_chec
                                     run_agreed, verify_checkpoint, write_checkpoint)
 from hubft.train.finite import inner_optimizer
 from hubft.train.parts import RunParts
+from hubft.train.sharding import SHARDED_DIR, load_sharded_state, save_sharded_state
 from hubft.train.state import STATE_FILE, TrainState
 
 __all__ = ["compat_fields", "failure_exchange", "load_run_checkpoint", "optimizer_implementation",
@@ -34,6 +35,12 @@ def compat_fields(parts: RunParts) -> dict:
     c = parts.config
     adapter = {"model.adapter": c.model.adapter, "model.adapter_options": c.model.adapter_options} \
         if c.model.adapter is not None else {}
+    n = parts.accelerator.num_processes
+    # A sharded checkpoint re-shards to any number of processes: the run stays the same while the images of an
+    # update do (train.batch_size x grad_accum_steps x processes). Accelerate's state of a DDP run is per process.
+    layout = {"train.fsdp": True, "global_batch": c.train.batch_size * c.train.grad_accum_steps * n} \
+        if c.train.fsdp else {"train.batch_size": c.train.batch_size,
+                              "train.grad_accum_steps": c.train.grad_accum_steps, "num_processes": n}
     source = parts.data.source
     # A stream's recorded position means something only in the same data, split and shuffled the same way.
     stream = {"data.streaming": True, "data.revision_sha": source.revision_sha,
@@ -41,12 +48,10 @@ def compat_fields(parts: RunParts) -> dict:
     return {
         **adapter,
         **stream,
+        **layout,
         "model.name": c.model.name,
         "label_names": list(parts.data.label_names),
-        "train.batch_size": c.train.batch_size,
-        "train.grad_accum_steps": c.train.grad_accum_steps,
         "train.seed": c.train.seed,
-        "num_processes": parts.accelerator.num_processes,
         "train_examples": source.num_train,
         "optim.name": c.optim.name,
         "schedule.name": c.schedule.name if isinstance(c.schedule.name, str) else repr(c.schedule.name),
@@ -82,8 +87,11 @@ def save_run_checkpoint(parts: RunParts, state: TrainState) -> Path:
         # exist only while a test plans faults.
         import accelerate.checkpointing
 
-        with fault_points_after_writes(accelerate.checkpointing, "save", _accelerate_file_point):
-            acc.save_state(str(tmp))
+        if parts.config.train.fsdp:  # every process writes its shards; no RNG files: hubft seeds by position
+            save_sharded_state(tmp / SHARDED_DIR, parts.model, inner_optimizer(parts.optimizer))
+        else:
+            with fault_points_after_writes(accelerate.checkpointing, "save", _accelerate_file_point):
+                acc.save_state(str(tmp))
         if parts.train_stream is not None:  # every process its own part's position, as Accelerate its RNG states
             mark = parts.train_stream.state_at(_stream_position(parts, state))
             (tmp / STREAM_FILE.format(rank=acc.process_index)).write_text(json.dumps(mark))
@@ -96,6 +104,7 @@ def save_run_checkpoint(parts: RunParts, state: TrainState) -> Path:
             (tmp / STATE_FILE).write_text(state.to_json())
             fault_point("checkpoint_after_train_state")
 
+    state.layout = _layout(parts)
     exchange = failure_exchange(parts)
     path = write_checkpoint(root, state.update, write, is_main_process=acc.is_main_process, exchange=exchange,
                             tmp_name=f".tmp-step-{state.update:08d}")
@@ -129,7 +138,11 @@ def load_run_checkpoint(parts: RunParts, path: Path, compat: dict) -> TrainState
     state.check_compatible(compat, path)
     implementation = optimizer_implementation(parts)
     try:
-        acc.load_state(str(path))
+        if parts.config.train.fsdp:
+            load_sharded_state(path / SHARDED_DIR, parts.model, inner_optimizer(parts.optimizer))
+            _continue_at_this_layout(state, _layout(parts))
+        else:
+            acc.load_state(str(path))
         parts.schedule.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         if parts.ema is not None and (path / "ema.safetensors").is_file():
             parts.ema.module.load_state_dict(load_file(str(path / "ema.safetensors")))
@@ -164,6 +177,25 @@ def _load_stream_state(parts: RunParts, path: Path, state: TrainState) -> None:
                               f"{state.update}, not {_stream_position(parts, state)}",
                               fix="resume from another checkpoint")
     parts.train_stream.load_state_dict(mark)
+
+
+def _layout(parts: RunParts) -> dict:
+    return {"processes": parts.accelerator.num_processes, "grad_accum_steps": parts.config.train.grad_accum_steps}
+
+
+def _continue_at_this_layout(state: TrainState, layout: dict) -> None:
+    """Translate the position in the epoch of a (sharded) checkpoint written at another number of processes or
+    accumulation steps: the same updates done, and the epoch's mean train loss so far carried over."""
+    old = state.layout or layout
+    if old == layout:
+        return
+    done = state.batches_in_epoch // old["grad_accum_steps"]  # checkpoints fall on update boundaries
+    batches = done * layout["grad_accum_steps"]
+    if state.epoch_loss_sums and state.batches_in_epoch:
+        mean = sum(state.epoch_loss_sums) / len(state.epoch_loss_sums) / state.batches_in_epoch
+        state.epoch_loss_sums = [mean * batches] * layout["processes"]
+        state.epoch_loss_sum = state.epoch_loss_sums[0]
+    state.batches_in_epoch, state.layout = batches, layout
 
 
 def _restore_implementation(parts: RunParts, implementation: list[dict]) -> None:

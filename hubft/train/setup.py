@@ -7,6 +7,7 @@ model or loaders in research code.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "create_run_loss",
     "create_run_model",
     "create_run_optimizer",
+    "create_run_param_groups",
     "create_run_schedule",
     "create_train_stream",
     "default_num_workers",
@@ -68,9 +70,11 @@ def create_accelerator(config: FinetuneConfig) -> Accelerator:
     # later must be registered too, and is "unused" until then (see prepare_for_training).
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if c.model.unfreezes else []
     try:
-        accelerator = Accelerator(cpu=cpu, mixed_precision=c.train.mixed_precision,
-                                  gradient_accumulation_steps=c.train.grad_accum_steps, log_with=c.train.log_with,
-                                  project_dir=c.train.output_dir, kwargs_handlers=handlers)
+        with _accelerate_without_fsdp(c.train.fsdp):
+            accelerator = Accelerator(cpu=cpu, mixed_precision=c.train.mixed_precision,
+                                      gradient_accumulation_steps=c.train.grad_accum_steps,
+                                      log_with=c.train.log_with, project_dir=c.train.output_dir,
+                                      kwargs_handlers=handlers)
     except (ValueError, ImportError) as e:
         raise ConfigError(
             f"Accelerate refused train.cpu={c.train.cpu!r}, train.mixed_precision={c.train.mixed_precision!r}, "
@@ -82,6 +86,18 @@ def create_accelerator(config: FinetuneConfig) -> Accelerator:
                           "alone into the same output directory",
                           fix="set train.cpu: true to train on the CPU, or launch one process per accelerator")
     return accelerator
+
+
+@contextlib.contextmanager
+def _accelerate_without_fsdp(fsdp: bool):
+    # hubft shards a train.fsdp model itself (hubft.train.sharding): Accelerate, told by `accelerate launch
+    # --config_file recipes/fsdp.yaml` to shard too, would enter its own FSDP mode on a GPU.
+    saved = os.environ.pop("ACCELERATE_USE_FSDP", None) if fsdp else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = saved
 
 
 def _has_accelerator() -> bool:
@@ -156,6 +172,10 @@ def create_run_model(config: FinetuneConfig, data: DataBundle, task: Task) -> tu
     model.hubft_task = {"name": task.name, "multi_label": data.multi_label}
     if m.frozen.frozen:
         freeze(model, stages=m.frozen.stages)
+    if config.train.grad_checkpointing:
+        from hubft.train.sharding import enable_grad_checkpointing
+
+        enable_grad_checkpointing(model)
     channels_last = _use_channels_last(model, config.train.channels_last)
     if m.adapter is not None:
         model = create_run_adapter(config, model)
@@ -284,23 +304,38 @@ def create_run_loss(config: FinetuneConfig, task: Task, loss: Any = None) -> tup
     return create_loss(spec, **options), label, smoothing
 
 
-def create_run_optimizer(config: FinetuneConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, tuple[str, ...]]:
-    """The optimizer over named parameter groups, with their LR multipliers baked in (so any schedule keeps them).
-
-    Returns:
-        The optimizer and the groups' names, in order (the groups are printed once as a table).
+def create_run_param_groups(config: FinetuneConfig, model: nn.Module) -> list[dict]:
+    """The named parameter groups (head LR, layer decay, no-decay), printed once as a table.
 
     Raises:
-        ConfigError: Unknown optimizer or options, or torch's fused SGD with a freeze schedule.
+        ConfigError: A value out of range, or ``head_lr`` / ``layer_decay`` the model cannot take.
     """
     from accelerate import PartialState
 
-    from hubft.optim import create_optimizer, format_param_groups, fused_options, param_groups
+    from hubft.optim import format_param_groups, param_groups
 
     c = config
     groups = param_groups(model, lr=c.optim.lr, weight_decay=c.optim.weight_decay, head_lr=c.optim.head_lr,
                           layer_decay=c.optim.layer_decay, include_frozen=c.model.unfreezes)
     PartialState().print(format_param_groups(groups))
+    return groups
+
+
+def create_run_optimizer(config: FinetuneConfig, model: nn.Module,
+                         groups: list[dict] | None = None) -> tuple[torch.optim.Optimizer, tuple[str, ...]]:
+    """The optimizer over named parameter groups (``groups``, else :func:`create_run_param_groups`), with their LR
+    multipliers baked in (so any schedule keeps them).
+
+    Returns:
+        The optimizer and the groups' names, in order.
+
+    Raises:
+        ConfigError: Unknown optimizer or options, or torch's fused SGD with a freeze schedule.
+    """
+    from hubft.optim import create_optimizer, fused_options
+
+    c = config
+    groups = create_run_param_groups(config, model) if groups is None else groups
     optimizer = create_optimizer(groups, c.optim.name, **fused_options(c.optim.name, c.optim.fused, c.optim.options))
     if c.model.unfreezes and isinstance(optimizer, torch.optim.SGD) and any(
             g.get("fused") and g.get("momentum") for g in optimizer.param_groups):
@@ -317,6 +352,11 @@ def prepare_for_training(accelerator: Accelerator, config: FinetuneConfig, model
     The training loader keeps its batches on the host: the loop moves them itself, one batch ahead on a side
     stream (:mod:`hubft.train.prefetch`). A streamed one is not prepared at all (see :mod:`hubft.train.stream`).
     """
+    from hubft.train.sharding import is_sharded
+
+    if is_sharded(model):  # sharded by hubft (train.fsdp); Accelerate would wrap it in DDP again
+        optimizer, eval_loader = accelerator.prepare(optimizer, loaders.eval)
+        return model, optimizer, accelerator.prepare_data_loader(loaders.train, device_placement=False), eval_loader
     # DDP registers only the parameters that require grad when it wraps the model: a body that a freeze schedule
     # unfreezes later must be registered now (and is "unused" until then).
     frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -371,7 +411,8 @@ def build_parts(config: FinetuneConfig, accelerator: Accelerator, data: DataBund
     acc = accelerator
     loaders = create_loaders(config, data, model, acc.device, acc.num_processes)
     loss_fn, loss_label, smoothing = create_run_loss(config, task, loss)
-    optimizer, group_names = create_run_optimizer(config, model)
+    groups = _shard_for_fsdp(config, acc, model)  # train.fsdp: the groups by name, then the model sharded in place
+    optimizer, group_names = create_run_optimizer(config, model, groups)
     model, optimizer, train_loader, eval_loader = prepare_for_training(acc, config, model, optimizer, loaders)
     updates_per_epoch = math.ceil(len(train_loader) / config.train.grad_accum_steps)
     schedule, total = create_run_schedule(config, task, optimizer, updates_per_epoch)
@@ -385,6 +426,18 @@ def build_parts(config: FinetuneConfig, accelerator: Accelerator, data: DataBund
         output=output,
         checkpoint_pusher=_create_checkpoint_pusher(config, acc.is_main_process),
         reuses_host_memory=reuses_host_memory, train_stream=loaders.train_stream)
+
+
+def _shard_for_fsdp(config: FinetuneConfig, accelerator: Accelerator, model: nn.Module) -> list[dict] | None:
+    """With ``train.fsdp`` on several processes: the groups built by name, then the model sharded in place and the
+    groups re-bound to its sharded parameters. None otherwise (the optimizer builds them)."""
+    if not (config.train.fsdp and accelerator.num_processes > 1):
+        return None
+    from hubft.train.sharding import parameter_names, rebind_param_groups, shard_model
+
+    groups, names = create_run_param_groups(config, model), parameter_names(model)
+    shard_model(model, accelerator.device, config.train.mixed_precision)
+    return rebind_param_groups(groups, names, model)
 
 
 def _create_ema(config: FinetuneConfig, model: nn.Module) -> Any:

@@ -35,6 +35,8 @@ class TrainState:
     compat: dict = field(default_factory=dict)
     # The full metrics of the last evaluation: a run resumed after its last epoch still reports them.
     last_metrics: dict | None = None
+    # The processes and accumulation steps that wrote it: a sharded checkpoint may resume at others.
+    layout: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
@@ -13,7 +13,11 @@ from hubft.files import make_dir
 from hubft.tasks import Task, get_task
 from hubft.train.checkpoint import interrupted_run
 
-__all__ = ["check_run_config", "check_data_source", "check_loss_fits_task", "check_no_batch_of_one"]
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+__all__ = ["check_run_config", "check_data_source", "check_loss_fits_task", "check_no_batch_of_one",
+           "check_shared_output_dir"]
 
 
 def check_run_config(config: FinetuneConfig, *, has_dataset: bool = False) -> None:
@@ -122,3 +126,48 @@ def check_no_batch_of_one(model: nn.Module, examples: int, batch_size: int, proc
     raise ConfigError(f"train.batch_size = {batch_size} leaves a last batch of 1 image ({examples} training "
                       "examples), which the model's BatchNorm layers cannot train on",
                       fix=f"set train.batch_size to e.g. {near}")
+
+
+def check_shared_output_dir(accelerator: Accelerator, output_dir: str) -> None:
+    """With several processes (one machine or several): every process must see ``output_dir`` as one directory.
+
+    hubft requires one shared run directory: a checkpoint is published by the main process only after every
+    process wrote its part into it (the manifest lists every process's files), and the finished model, logs and
+    push come from there. Separate disks per machine would leave each machine with a part. The main process writes a
+    marker of a fresh name; every process looks for it. A collective: every process calls it.
+
+    Raises:
+        ConfigError: On every process: some process cannot see the marker (naming which), or the main process cannot
+            write the directory.
+    """
+    import uuid
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    acc = accelerator
+    if acc.num_processes == 1:
+        return
+    name = broadcast_object_list([f".hubft-shared-{uuid.uuid4().hex[:12]}" if acc.is_main_process else None])[0]
+    marker, error = Path(output_dir) / name, 0
+    if acc.is_main_process:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("every process of the run looks for this file\n")
+        except OSError:
+            error = 1
+    acc.wait_for_everyone()
+    seen = acc.gather(torch.tensor([int(marker.is_file()) - 2 * error], device=acc.device)).tolist()
+    if acc.is_main_process:
+        marker.unlink(missing_ok=True)
+    if seen[0] < 0:
+        raise ConfigError(f"train.output_dir {output_dir!r} cannot be written by the main process",
+                          fix="make it writable, or choose another train.output_dir")
+    blind = [rank for rank, s in enumerate(seen) if s != 1]
+    if blind:
+        raise ConfigError(
+            f"train.output_dir {output_dir!r} is not one directory shared by every process: process(es) "
+            f"{', '.join(map(str, blind))} (on another machine) cannot see what process 0 writes there, and hubft "
+            "writes every process's checkpoint part and the finished model into one run directory",
+            fix="put train.output_dir on storage that every machine mounts at the same path (NFS, a cluster file "
+                "system)")

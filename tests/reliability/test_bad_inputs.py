@@ -175,6 +175,16 @@ CASES = {
                                "holds a full model", command="merge"),
     "merge-no-such-directory": Case("`hubft merge` of a directory that does not exist", ["<missing>", "<run>/merged"],
                                     "is not a directory", command="merge"),
+    # -- sharded training
+    "fsdp-with-ema": Case("train.fsdp with train.ema (a whole-model copy beside the shards)",
+                          ["--train.fsdp", "true", "--train.ema", "true"],
+                          "train.fsdp cannot be combined with train.ema"),
+    "fsdp-with-adapter": Case("train.fsdp with model.adapter",
+                              ["--train.fsdp", "true", "--model.adapter", "lora", "--model.pretrained", "true"],
+                              "train.fsdp cannot be combined with model.adapter"),
+    "fsdp-with-fp16": Case("train.fsdp with fp16 mixed precision (use bf16)",
+                           ["--train.fsdp", "true", "--train.mixed_precision", "fp16"],
+                           "train.fsdp cannot be combined with train.mixed_precision 'fp16'"),
     # -- resuming
     "resume-with-changed-config": Case("resume with a setting the run cannot continue under",
                                        ["--train.resume", "latest", "--train.batch_size", "3"],
