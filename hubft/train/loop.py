@@ -251,7 +251,7 @@ class TrainLoop:
         elapsed = max(time.perf_counter() - t0, 1e-9)
         rec = {"type": "step", "step": s.update, "epoch": epoch, "loss": float(loss.detach()),
                "lr": {n: g["lr"] for n, g in zip(p.group_names, p.optimizer.param_groups)},
-               "images_per_s": seen * acc.num_processes / elapsed}
+               "images_per_s": seen * acc.num_processes / elapsed, "time": time.time()}
         if self._inputs is not None:
             rec["inputs"] = self._inputs.hexdigest()[:16]
         p.output.log(rec)
