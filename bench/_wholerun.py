@@ -11,8 +11,10 @@ as processes of their own on the same PNG folder (train and test splits), interl
   split every epoch, ``torch.save`` of the weights).
 
 Lines: end-to-end wall time (target >= 1.3x), peak resident memory of each process (``os.wait4`` gives every child's
-own ``ru_maxrss``; target: hubft <= plain, as plain / hubft >= 1), and the time from launch to the first optimizer
-update on each side (hubft's from the ``time`` of the first ``log.jsonl`` record, the plain script prints it).
+own ``ru_maxrss``; target: hubft <= plain, as plain / hubft >= 1), the same peak above what each side's imports alone
+hold (processes that only import, measured twice before the rounds: the libraries' share, which no setting of
+hubft's changes), and the time from launch to the first optimizer update on each side (hubft's from the ``time`` of
+the first ``log.jsonl`` record; the plain script prints it).
 """
 
 from __future__ import annotations
@@ -112,6 +114,25 @@ def plain_first_update(out: Path) -> float:
     raise RuntimeError("the plain script never reported its first update")
 
 
+# What each side imports, and nothing else: the part of the peak that is the libraries' own (torch alone holds
+# ~650 MB resident here; hubft adds datasets + pyarrow, Accelerate and matplotlib to timm and torchvision).
+HUBFT_IMPORTS = ("import hubft.cli, hubft.train.finetune, hubft.train.setup, hubft.data, hubft.hub.card, datasets, "
+                 "accelerate, matplotlib.figure, matplotlib.backends.backend_agg, timm, torchvision")
+PLAIN_IMPORTS = "import timm, timm.data, torch.utils.data, torchvision.datasets"
+
+
+def imports_rss(statement: str, reps: int = 2) -> float:
+    """The least peak RSS (bytes) of ``reps`` processes that only run ``statement``."""
+    peaks = []
+    for _ in range(reps):
+        proc = subprocess.Popen([sys.executable, "-c", statement], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{statement!r} failed")
+        peaks.append(usage.ru_maxrss * 1024.0)
+    return min(peaks)
+
+
 def ratio_row(numerator: list[float], denominator: list[float], **row) -> Row:
     ratios = [n / d for n, d in zip(numerator, denominator, strict=True)]
     return Row(value=statistics.median(ratios), low=min(ratios), high=max(ratios), pairs=len(ratios), **row)
@@ -131,6 +152,7 @@ def measure(case: RunCase, reps: int, scratch: Path) -> list[Row]:
              "plain": Process(plain_cmd, scratch / "plain", plain_first_update)}
     times = interleave(sides, reps, warmup=0, before=lambda name, rep: sides[name].fresh())
     hubft, plain = sides["hubft"], sides["plain"]
+    base = {"hubft": imports_rss(HUBFT_IMPORTS), "plain": imports_rss(PLAIN_IMPORTS)}
     mib = 2.0**20
     rss = {"peak_rss_mib[hubft]": [round(b / mib) for b in hubft.peak_rss],
            "peak_rss_mib[plain]": [round(b / mib) for b in plain.peak_rss]}
@@ -143,6 +165,10 @@ def measure(case: RunCase, reps: int, scratch: Path) -> list[Row]:
                   metric="peak RSS, plain / hubft (>= 1: hubft holds no more)",
                   note=f"peak RSS median hubft {statistics.median(hubft.peak_rss) / mib:.0f} MiB, plain "
                        f"{statistics.median(plain.peak_rss) / mib:.0f} MiB", detail=rss),
+        ratio_row([b - base["plain"] for b in plain.peak_rss], [b - base["hubft"] for b in hubft.peak_rss],
+                  bench="9 whole run", case=case.label, metric="peak RSS above each side's imports, plain / hubft",
+                  note=f"imports alone: hubft {base['hubft'] / mib:.0f} MiB, plain {base['plain'] / mib:.0f} MiB",
+                  detail={f"imports_rss_mib[{k}]": round(v / mib) for k, v in base.items()}),
         ratio_row(plain.to_first_update, hubft.to_first_update, bench="9 whole run", case=case.label,
                   metric="launch to first update, plain / hubft",
                   note=f"launch to first update median hubft {statistics.median(hubft.to_first_update):.1f} s, "
