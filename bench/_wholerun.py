@@ -11,7 +11,7 @@ as processes of their own on the same PNG folder (train and test splits), interl
   split every epoch, ``torch.save`` of the weights).
 
 Lines: end-to-end wall time (target >= 1.3x), peak resident memory of each process (``os.wait4`` gives every child's
-own ``ru_maxrss``; target: hubft <= plain, as plain / hubft >= 1), the same peak above what each side's imports alone
+own ``ru_maxrss``, through a small launcher process; target: hubft <= plain, as plain / hubft >= 1), the same peak above what each side's imports alone
 hold (processes that only import, measured twice before the rounds: the libraries' share, which no setting of
 hubft's changes), and the time from launch to the first optimizer update on each side (hubft's from the ``time`` of
 the first ``log.jsonl`` record; the plain script prints it).
@@ -75,6 +75,36 @@ def hubft_config(data: Path, out: Path, case: RunCase) -> dict:
             "train": {"epochs": case.epochs, "batch_size": case.batch, "output_dir": str(out)}}
 
 
+# A child's ru_maxrss starts from the high-water mark of the process it was exec'ed from (Linux keeps the old
+# memory's peak across exec, and subprocess spawns through vfork): children of this process, which has imported
+# torch and run other benches, would all report this process's peak. A small launcher process in between reports
+# its own child's peak, which then starts from the launcher's ~10 MB.
+_LAUNCHER = """import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
+def launch(command: list[str], stdout=None) -> float:
+    """Run ``command`` through the launcher; returns its peak RSS in bytes.
+
+    Raises:
+        RuntimeError: the command failed.
+    """
+    import tempfile
+
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+        subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, report.name, *command], stdout=stdout,
+                       stderr=subprocess.STDOUT if stdout is not None else None, cwd=ROOT, env=env, check=True)
+        peak_kb, code = map(int, report.read().split())
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command[:4])}... exited {code}")
+    return peak_kb * 1024.0  # kilobytes on Linux
+
+
 class Process:
     """One side: launches its command as a fresh process per call; keeps each call's wall time, peak RSS and
     launch-to-first-update seconds."""
@@ -89,16 +119,13 @@ class Process:
         self.out.mkdir(parents=True)
 
     def __call__(self) -> None:
-        env = os.environ | {"PYTHONPATH": str(ROOT)}
         launched = time.time()
         with open(self.out / "stdout.txt", "w") as stdout:
-            proc = subprocess.Popen(self.command, stdout=stdout, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own resource usage, not the running max
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            tail = (self.out / "stdout.txt").read_text()[-2000:]
-            raise RuntimeError(f"{' '.join(self.command[:4])}... exited {proc.returncode}:\n{tail}")
-        self.peak_rss.append(usage.ru_maxrss * 1024.0)  # kilobytes on Linux
+            try:
+                self.peak_rss.append(launch(self.command, stdout))
+            except (RuntimeError, subprocess.CalledProcessError) as e:
+                tail = (self.out / "stdout.txt").read_text()[-2000:]
+                raise RuntimeError(f"{e}:\n{tail}") from None
         self.to_first_update.append(self.first_update(self.out) - launched)
 
 
@@ -123,13 +150,7 @@ PLAIN_IMPORTS = "import timm, timm.data, torch.utils.data, torchvision.datasets"
 
 def imports_rss(statement: str, reps: int = 2) -> float:
     """The least peak RSS (bytes) of ``reps`` processes that only run ``statement``."""
-    peaks = []
-    for _ in range(reps):
-        proc = subprocess.Popen([sys.executable, "-c", statement], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)})
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"{statement!r} failed")
-        peaks.append(usage.ru_maxrss * 1024.0)
+    peaks = [launch([sys.executable, "-c", statement]) for _ in range(reps)]
     return min(peaks)
 
 
