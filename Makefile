@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench bench-gpu clean
+.PHONY: install test test-fast demo bench bench-full bench-gpu clean
 
 install: $(STAMP)
 
@@ -24,8 +24,12 @@ test-fast: install
 demo: install
 	$(PY) recipes/demo.py
 
+# The quick set (a few minutes on 2 cores: one case per ratio, fewer repetitions); bench-full: every case.
 bench: install
 	$(PY) bench/run.py
+
+bench-full: install
+	$(PY) bench/run.py --full
 
 bench-gpu: install
 	$(PY) bench/run.py --gpu

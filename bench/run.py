@@ -1,7 +1,11 @@
 # `make bench`: how fast hubft is next to what you would write by hand, as ratios measured in one run.
 #
-#   python bench/run.py [--quick] [--only train,pipeline,hub,tta,hardware,inference,adapters,sharding] [--reps N]
-#                       [--gpu]
+#   python bench/run.py [--full] [--only train,pipeline,...] [--reps N] [--gpu]
+#
+# `make bench` (no flag) is the quick set for the developer's loop: one case per ratio, fewer repetitions, every
+# noise floor kept (a few minutes on 2 cores). `make bench-full` (--full) is the long run behind the published
+# tables: every case, 15 repetitions (about half an hour on 2 cores). Same table; the JSON goes to
+# bench/results/bench-quick.json or bench-full.json, and the README block names the command that produced it.
 #
 # Every line is a ratio of two sides measured in the same process, alternating the sides, after a warm-up; the
 # table shows the median of the paired ratios and their min-max. Absolute times are only context: this machine
@@ -36,7 +40,12 @@ import torch  # noqa: E402
 
 from bench._timing import Row  # noqa: E402
 
-BENCHES = ("train", "pipeline", "hub", "tta", "hardware", "inference", "adapters", "sharding")
+# Every benchmark is a module bench/_<name>.py with run(reps, quick, device, **context) -> list[Row]; a new ratio
+# is one more module and one more name here (context: what some benches need from this process, see CONTEXT).
+BENCHES = ("train", "pipeline", "hub", "tta", "hardware", "inference", "adapters", "sharding", "wholerun")
+QUICK_REPS, FULL_REPS, GPU_REPS = 6, 15, 10
+# Extra keyword arguments of a bench's run(), by name; the others get none.
+CONTEXT = {"hub": lambda: {"port": HUB_PORT, "scratch": Path(SCRATCH.name)}}
 
 
 def machine(device: torch.device) -> dict:
@@ -87,8 +96,12 @@ def warn_if_noisy(rows: list[Row]) -> None:
                   "noisy to resolve 2% differences; repeat it when the machine is quieter.")
 
 
+def command(info: dict, quick: bool) -> str:
+    return "make bench-gpu" if "gpu" in info else "make bench (quick set)" if quick else "make bench-full"
+
+
 def markdown(rows: list[Row], info: dict, quick: bool) -> str:
-    out = [f"Measured with `make bench{'-gpu' if 'gpu' in info else ''}`{' (--quick)' if quick else ''} on "
+    out = [f"Measured with `{command(info, quick)}`, {info['reps']} paired repetitions per line, on "
            f"{describe(info)}. Each ratio is the median of paired, interleaved repetitions in one run "
            "(min-max in brackets); > 1 means hubft is faster.", "",
            "| # | metric | case | ratio | min-max | target |", "|---|---|---|---|---|---|"]
@@ -101,23 +114,28 @@ def markdown(rows: list[Row], info: dict, quick: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="hubft vs hand-written baselines: paired, interleaved speed ratios.")
-    parser.add_argument("--quick", action="store_true", help="smaller models and cases: a smoke run of every bench")
+    parser.add_argument("--full", action="store_true",
+                        help="every case of every bench, 15 repetitions (default: the quick set, one case per ratio)")
     parser.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     parser.add_argument("--reps", type=int, default=None,
-                        help="paired repetitions per line (default 15; quick and --gpu 10)")
+                        help=f"paired repetitions per line (default: quick {QUICK_REPS}, --full {FULL_REPS}, "
+                             f"--gpu {GPU_REPS})")
     parser.add_argument("--gpu", action="store_true", help="ratios 1-2 and resnet50 images/s on the CUDA GPU")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "bench.json"), help="the JSON results file")
+    parser.add_argument("--out", default=None,
+                        help="the JSON results file (default: bench/results/bench-quick.json or bench-full.json)")
     args = parser.parse_args()
+    quick = not args.full
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = sorted(set(only) - set(BENCHES))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}")
-    reps = args.reps or (10 if args.quick or args.gpu else 15)
+    reps = args.reps or (GPU_REPS if args.gpu else QUICK_REPS if quick else FULL_REPS)
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu: torch sees no CUDA device")
     device = torch.device("cuda" if args.gpu else "cpu")
     info = machine(device)
-    print(f"hubft bench on {describe(info)}; {reps} paired repetitions per line", flush=True)
+    print(f"hubft bench ({command(info, quick)}) on {describe(info)}; {reps} paired repetitions per line",
+          flush=True)
 
     rows: list[Row] = []
     failed: list[str] = []
@@ -140,25 +158,23 @@ def main() -> int:
             module = importlib.import_module(f"bench._{name}")
             start = time.perf_counter()
             try:
-                if name == "hub":
-                    rows += module.run(reps, args.quick, port=HUB_PORT, scratch=Path(SCRATCH.name))
-                else:
-                    rows += module.run(reps, args.quick, device)
+                rows += module.run(reps, quick, device, **CONTEXT.get(name, dict)())
             except Exception:  # one broken benchmark must not throw away the others' minutes of measurements
                 traceback.print_exc()
                 failed.append(name)
             seconds[name] = round(time.perf_counter() - start, 1)
     elapsed = time.perf_counter() - started
     info |= {"load_average_before": load_before, "load_average_after": os.getloadavg(), "seconds": elapsed,
-             "reps": reps, "quick": args.quick, "failed": failed, "seconds_per_bench": seconds}
+             "reps": reps, "quick": quick, "command": command(info, quick), "failed": failed,
+             "seconds_per_bench": seconds}
 
     print()
     print_table(rows)
     warn_if_noisy(rows)
-    md = markdown(rows, info, args.quick)
+    md = markdown(rows, info, quick)
     print("\nREADME block:\n")
     print(md)
-    out = Path(args.out)
+    out = Path(args.out or ROOT / "bench" / "results" / f"bench-{'quick' if quick else 'full'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": info, "rows": [r.to_json() for r in rows], "markdown": md}, indent=1))
     print(f"\nwrote {out} ({elapsed / 60:.1f} min; load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f})")

@@ -235,8 +235,10 @@ class DataConfig:
         "auto", "DataLoader worker processes: auto (0 on CPU, where decoding would compete with training for the "
         "cores; on a GPU, the cores per process less one, at most 8), or a number (0 decodes in the training process).",
         rule=Rule("auto or a number >= 0", lambda v: v == "auto" or (type(v) is int and v >= 0)))
-    cache: Union[bool, str] = _f("auto", "Decode small datasets once into memory: auto, true or false.",
-                                 rule=one_of("auto", True, False))
+    cache: Union[bool, str] = _f(
+        "auto", "Decode the images once into one uint8 tensor in memory instead of every epoch: auto (when it takes "
+        "at most 512 MiB: images x 3 x side^2 bytes at the eval resize side, e.g. 1,400 images at 146 px hold 90 MB, "
+        "and save ~0.55 ms of decoding per 224 px PNG per epoch), true or false.", rule=one_of("auto", True, False))
     auto_augment: Optional[str] = _f(None, "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (train only).")
     re_prob: float = _f(0.0, "Random erasing probability (train only).", rule=between(0, 1))
     re_mode: str = _f("pixel", "Random erasing mode: const, rand or pixel.")
@@ -350,8 +352,9 @@ class TrainConfig:
     cpu: bool = _f(False, "Train on CPU even when a GPU is present (gloo for several processes).")
     reuse_host_memory: Union[bool, Literal["auto"]] = _f(
         "auto", "Keep freed host memory in the process for the next update instead of returning it to the OS (glibc "
-        "malloc settings, process-wide): auto (when training on CPU; about 15% faster resnet18 updates on 2 cores), "
-        "true, false.", rule=one_of("auto", True, False))
+        "malloc settings, process-wide): auto (when training on CPU; about 15% faster resnet18 updates on 2 cores, "
+        "for about 10 MB more peak memory: what one update frees is kept for the next, and handed back before each "
+        "evaluation, checkpoint and the final save), true, false.", rule=one_of("auto", True, False))
     fsdp: bool = _f(
         False, "Shard parameters, gradients and optimizer state across the processes with torch's FSDP2 (each timm "
         "block a unit; checkpoints sharded, resumable at another number of processes; the finished model one "

@@ -298,11 +298,24 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         return cache is True or len(self) * 3 * height * width <= CACHE_AUTO_MAX_BYTES
 
     def _build_cache(self) -> torch.Tensor | list[torch.Tensor]:
-        images = [self.transform.cache_prepare(self._decode(index)) for index in range(len(self))]
-        # one stacked tensor when every image has the same size: a single buffer that workers share for free
-        if images and len({image.shape for image in images}) == 1:
-            return torch.stack(images)
-        return images
+        """Every image through ``cache_prepare``: one preallocated ``(n, 3, h, w)`` uint8 tensor while the images
+        share a size (a single buffer that workers share for free, filled in place: no second copy, as stacking a
+        list would hold at its peak), else a list of tensors from the first image of another size on."""
+        if len(self) == 0:
+            return []
+        first = self.transform.cache_prepare(self._decode(0))
+        cache = torch.empty((len(self), *first.shape), dtype=torch.uint8)
+        cache[0] = first
+        for index in range(1, len(self)):
+            image = self.transform.cache_prepare(self._decode(index))
+            if image.shape != first.shape:
+                images = [cache[i].clone() for i in range(index)]
+                del cache
+                images.append(image)
+                images += [self.transform.cache_prepare(self._decode(i)) for i in range(index + 1, len(self))]
+                return images
+            cache[index] = image
+        return cache
 
 
 def _class_count(feature: object) -> int | None:

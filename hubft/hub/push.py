@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,17 +103,23 @@ def push_to_hub(
 
     check_repo_id(repo_id)
     out = Path(output_dir)
-    _check_finite_weights(out / _model_files(out)[0])
+    weights = out / _model_files(out)[0]
     policy = retry or DEFAULT_RETRY
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory(prefix="hubft-push-") as tmp:
+    # The finite check reads every weight (torch and safetensors, which release the GIL) in a thread of its own
+    # while this one stages the files, renders the card and scans for the token; nothing reaches the Hub, not even
+    # the repo's creation, before both are done.
+    with tempfile.TemporaryDirectory(prefix="hubft-push-") as tmp, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubft-finite-check") as pool:
+        finite = pool.submit(_check_finite_weights, weights)
         staging = Path(tmp)
         _stage(out, staging, repo_id, token)
         _refuse_token_in(staging, token)
+        finite.result()  # WeightsError: nothing was sent
         try:
             full_id = call_with_retry(lambda: _full_repo_id(api, repo_id), policy, what="resolving the repo owner")
             if full_id != repo_id:
-                write_model_card(out, repo_id=full_id, token=token, path=staging / "README.md")
+                write_model_card(out, repo_id=full_id, token=token, path=staging / "README.md", durable=False)
             return _commit(api, staging, full_id, private=private, revision=revision, create_pr=create_pr,
                            message=commit_message or _DEFAULT_MESSAGE, policy=policy)
         except HfHubHTTPError as e:
@@ -230,7 +237,7 @@ def _stage(out: Path, staging: Path, repo_id: str, token: str | bool | None) -> 
             os.link(src, staging / name)
         except OSError:  # another filesystem, or links not supported
             shutil.copy2(src, staging / name)
-    write_model_card(out, repo_id=repo_id, token=token, path=staging / "README.md")
+    write_model_card(out, repo_id=repo_id, token=token, path=staging / "README.md", durable=False)
 
 
 _PUBLIC_COPIES = ("config.yaml", "config.json", "adapter_config.json", "metrics.json")

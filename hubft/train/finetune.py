@@ -221,6 +221,7 @@ class Finetuner:
         With several processes, a write that fails on one of them stops every process with the same error.
         """
         loop = self._require_loop()
+        loop.release_host_memory()  # the last epoch's memory: the weights, card and plots start from less
         exchange = failure_exchange(self.parts)
         run_agreed(lambda: fault_point("before_save"), exchange)
         return self.parts.output.finish(self.parts, loop, exchange)

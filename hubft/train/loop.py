@@ -27,6 +27,7 @@ from hubft.faults import fault_point
 from hubft.losses import class_range_checked_upstream
 from hubft.train.evaluation import evaluate, metric_summary
 from hubft.train.finite import FiniteGuard, defers_check
+from hubft.train.host_memory import release_host_memory
 from hubft.train.parts import RunParts
 from hubft.train.prefetch import prefetch_to_device
 from hubft.train.run_checkpoint import compat_fields, load_run_checkpoint, save_run_checkpoint
@@ -109,6 +110,7 @@ class TrainLoop:
         """Train the remaining epochs; returns the last epoch's record (``{}`` if none ran)."""
         c, s = self.parts.config, self.state
         last = s.history[-1] if s.history else {}
+        self.release_host_memory()  # what setup freed (decoding, the data scan): the first update starts from less
         for epoch in range(s.epoch, c.train.epochs):
             if self._done():
                 break
@@ -251,7 +253,7 @@ class TrainLoop:
         elapsed = max(time.perf_counter() - t0, 1e-9)
         rec = {"type": "step", "step": s.update, "epoch": epoch, "loss": float(loss.detach()),
                "lr": {n: g["lr"] for n, g in zip(p.group_names, p.optimizer.param_groups)},
-               "images_per_s": seen * acc.num_processes / elapsed}
+               "images_per_s": seen * acc.num_processes / elapsed, "time": time.time()}
         if self._inputs is not None:
             rec["inputs"] = self._inputs.hexdigest()[:16]
         p.output.log(rec)
@@ -274,6 +276,7 @@ class TrainLoop:
     def end_epoch(self, epoch: int) -> dict:
         """Evaluate, step epoch schedules, track the best epoch, log and checkpoint; returns the epoch's record."""
         p, s = self.parts, self.state
+        self.release_host_memory()  # what the epoch's updates kept for each other: evaluation starts from less
         metrics = self.evaluate(p.model)
         summary = metric_summary(metrics)
         record = {"type": "epoch", "epoch": epoch, "step": s.update, "train_loss": self._epoch_train_loss,
@@ -293,8 +296,15 @@ class TrainLoop:
                             + "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if v is not None))
         self.last_metrics = s.last_metrics = metrics
         s.epoch, s.batches_in_epoch, s.epoch_loss_sum, s.epoch_loss_sums = epoch + 1, 0, 0.0, None
+        self.release_host_memory()
         self.save_checkpoint()
         return record
+
+    def release_host_memory(self) -> None:
+        """At a phase boundary, hand back the host memory ``train.reuse_host_memory`` keeps between updates
+        (:func:`~hubft.train.host_memory.release_host_memory`); nothing when the setting is not in force."""
+        if self.parts.reuses_host_memory:
+            release_host_memory()
 
     def _stop_early(self) -> bool:
         patience = self.parts.config.train.early_stopping_patience

@@ -16,7 +16,7 @@ Layout::
     README.md                        the model card
     lr_curve.png, lr_curve.csv       every parameter group's LR per update (written before training)
     loss_curve.png, confusion_matrix.png
-    log.jsonl                        per-step and per-epoch records
+    log.jsonl                        per-step (with the unix time) and per-epoch records
     checkpoints/step-N/              resumable checkpoints
 """
 
@@ -81,7 +81,7 @@ class OutputWriter:
         if self.tracker is not None:
             kind = record.get("type", "step")
             values = {k: v for k, v in flat_dict(record, f"{kind}/").items() if isinstance(v, (int, float))
-                      and not isinstance(v, bool) and not k.endswith(("/step", "/epoch"))}
+                      and not isinstance(v, bool) and not k.endswith(("/step", "/epoch", "/time"))}
             self.tracker(values, step=record.get("step"))
 
     def read_log(self) -> list[dict]:

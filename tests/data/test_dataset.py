@@ -90,6 +90,21 @@ def test_cached_train_keeps_small_images_and_shrinks_large_ones(tiny_cfg, option
         assert bool((flat.min(1).values >= low - 1e-5).all() and (flat.max(1).values <= high + 1e-5).all())
 
 
+def test_cache_is_one_uint8_tensor_while_the_sizes_agree(synthetic, tiny_cfg):
+    """Same-size images fill one preallocated tensor; an image of another size, even the last one, turns the cache
+    into a list whose entries are the same images."""
+    tf = create_transforms(tiny_cfg, training=True)
+    same = ImageClassificationDataset(synthetic, tf, "image", "label", cache=True)
+    assert isinstance(same._cache, torch.Tensor) and same._cache.shape == (30, 3, 16, 16)
+    assert same._cache.dtype == torch.uint8
+    odd = Image.fromarray(np.zeros((20, 12, 3), dtype=np.uint8))  # 12 x 20: kept as it is (shorter side <= 32)
+    mixed_hf = datasets.Dataset.from_dict({"image": [*synthetic["image"][:3], odd], "label": [0, 1, 2, 0]},
+                                          features=synthetic.features)
+    mixed = ImageClassificationDataset(mixed_hf, tf, "image", "label", cache=True)
+    assert isinstance(mixed._cache, list) and [tuple(t.shape) for t in mixed._cache] == [(3, 16, 16)] * 3 + [(3, 20, 12)]
+    assert all(torch.equal(a, b) for a, b in zip(mixed._cache[:3], same._cache[:3]))
+
+
 @pytest.mark.parametrize("cache", [True, False])
 def test_train_items_depend_only_on_torch_rng(synthetic, tiny_cfg, cache):
     tf = create_transforms(tiny_cfg, training=True, **AUGMENT)

@@ -146,6 +146,15 @@ def test_a_directory_with_only_a_saved_model_gets_a_valid_card(tmp_path, saved_m
     assert not (saved_model / "README.md").exists()  # path= writes there, not into the model directory
 
 
+def test_a_staging_copy_is_the_same_card_written_without_the_flush(tmp_path, saved_model, monkeypatch):
+    from hubft.hub import card as card_module
+
+    durable = write_model_card(saved_model, repo_id="me/bare", path=tmp_path / "durable.md")
+    monkeypatch.setattr(card_module, "atomic_write_text", lambda *a, **k: pytest.fail("flushed a staging copy"))
+    staged = write_model_card(saved_model, repo_id="me/bare", path=tmp_path / "staged.md", durable=False)
+    assert staged.read_text(encoding="utf-8") == durable.read_text(encoding="utf-8")
+
+
 def test_multi_label_runs_publish_map_and_both_f1(tmp_path, saved_model):
     from huggingface_hub import ModelCard
 

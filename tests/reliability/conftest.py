@@ -167,6 +167,7 @@ def log_records(run: Path) -> list[dict]:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     for r in records:
         r.pop("images_per_s", None)
+        r.pop("time", None)
     return records
 
 

@@ -95,3 +95,34 @@ def test_a_cpu_run_reports_what_it_applied(tmp_path, tiny_dataset, make_config, 
     ft.setup()
     assert ft.reuses_host_memory is expected
     assert bool(fake.calls) is expected
+
+
+class FakeTrim:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, pad: int) -> int:
+        self.calls.append(pad)
+        return 1
+
+
+@pytest.mark.parametrize(("setting", "releases"), [("auto", 1 + 2 * 2 + 1), (False, 0)])
+def test_kept_memory_is_released_at_every_phase_boundary(tmp_path, tiny_dataset, make_config, monkeypatch, setting,
+                                                         releases):
+    """Before the first update, before each epoch's evaluation and checkpoint, before the final files: only while
+    the setting is in force (2 epochs here)."""
+    import hubft
+
+    trim = FakeTrim()
+    monkeypatch.setattr(host_memory, "_glibc_mallopt", lambda: FakeMallopt())
+    monkeypatch.setattr(host_memory, "_glibc_malloc_trim", lambda: trim)
+    hubft.finetune(make_config(tmp_path, train={"reuse_host_memory": setting}), dataset=tiny_dataset)
+    assert trim.calls == [0] * releases
+
+
+def test_release_is_a_no_op_off_glibc(monkeypatch):
+    monkeypatch.setattr(host_memory, "_glibc_malloc_trim", lambda: None)
+    assert host_memory.release_host_memory() is False
+    if host_memory._glibc() is not None:
+        monkeypatch.undo()
+        assert host_memory.release_host_memory() is True
