@@ -37,6 +37,7 @@ PLOTS = {
     "lr_curve.png": "Learning rate of every parameter group per optimizer update",
     "loss_curve.png": "Training loss and evaluation metrics",
     "confusion_matrix.png": "Confusion matrix on the evaluation split",
+    "segmentation_sample.png": "An evaluation image, its mask and the model's prediction (segmentation)",
 }
 """The plot files a run writes, with their captions in the card (and the order they appear in)."""
 

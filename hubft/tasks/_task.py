@@ -72,6 +72,8 @@ class Task:
             per-example statistics, gathered instead of the outputs (dense outputs are too large to hold for a
             split); :attr:`compute_metrics` then receives ``(statistics, None, label_names)`` and the eval loss
             is the mean of the batches'. None: outputs and targets are gathered whole.
+        sample_plot: ``(model, eval_dataset, normalize, label_names, out_dir)``: draws a sample prediction into
+            the run directory for the card (:data:`hubft.hub.card.PLOTS` lists the file); None: no sample.
         loss_defaults: Options given to every registered loss (and component of a weighted mix) whose factory
             takes them, unless ``loss.options`` or the component's own options set them.
     """
@@ -99,6 +101,7 @@ class Task:
     create_datasets: Callable[..., tuple[Any, Any, Any, Any]] | None = None
     eval_statistics: Callable[[Any, Any, int], Any] | None = None
     loss_defaults: tuple[tuple[str, Any], ...] = ()
+    sample_plot: Callable[..., Any] | None = None
 
     def for_labels(self, multi_label: bool) -> Task:
         """The record for data with single labels (``self``) or multi-label data (:attr:`multi_label`).

@@ -19,6 +19,7 @@ from hubft.tasks._task import CardMetric, Task, register_task
 __all__ = ["SEMANTIC_SEGMENTATION"]
 
 IGNORE_INDEX = 255
+SAMPLE_PLOT = "segmentation_sample.png"  # listed in hubft.hub.card.PLOTS, so the card shows it
 
 
 def _create_model(*args: Any, **kwargs: Any) -> Any:
@@ -65,6 +66,12 @@ def _compute_metrics(statistics: Any, _targets: Any, label_names: Any) -> dict:
     return metrics_from_confusion(statistics.sum(0), label_names)
 
 
+def _sample_plot(model: Any, dataset: Any, normalize: Any, label_names: Any, out_dir: Any) -> Any:
+    from hubft.tasks.plots import plot_segmentation_sample
+
+    return plot_segmentation_sample(model, dataset, normalize, label_names, out_dir / SAMPLE_PLOT)
+
+
 SEMANTIC_SEGMENTATION = register_task(Task(
     name="semantic-segmentation",
     description="Semantic segmentation: one class per pixel (FPN decoder on the backbone's features).",
@@ -90,4 +97,5 @@ SEMANTIC_SEGMENTATION = register_task(Task(
     create_datasets=_create_datasets,
     eval_statistics=_statistics,
     loss_defaults=(("ignore_index", IGNORE_INDEX),),
+    sample_plot=_sample_plot,
 ))
