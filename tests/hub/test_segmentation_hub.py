@@ -67,3 +67,20 @@ def test_a_segmentation_model_is_pushed_and_pulled_with_identical_logits(hub, ap
     assert card.data.datasets == [data_repo]
     assert [m["type"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]][0] == "mean_iou"
     assert "segmentation_sample.png" in card.text and "segmentation_sample.png" in api.list_repo_files(out_repo)
+
+
+def test_per_image_commands_refuse_a_segmentation_model(tmp_path):
+    from hubft.errors import ConfigError
+    from hubft.inference import evaluate_model, predict
+    from hubft.models import create_segmentation_model
+
+    model = create_segmentation_model("resnet10t", label_names=["a", "b"], pretrained=False)
+    model.hubft_task = {"name": "semantic-segmentation", "multi_label": False}  # as a run records it
+    hubft.save_pretrained(model, tmp_path)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    for call in (lambda: evaluate_model(str(tmp_path), path=str(tmp_path)),
+                 lambda: predict(str(tmp_path), [str(tmp_path / "photo.png")])):
+        with pytest.raises(ConfigError, match="one class per pixel"):
+            call()
