@@ -73,7 +73,7 @@ class Task:
             split); :attr:`compute_metrics` then receives ``(statistics, None, label_names)`` and the eval loss
             is the mean of the batches'. None: outputs and targets are gathered whole.
         sample_plot: ``(model, eval_dataset, normalize, label_names, out_dir)``: draws a sample prediction into
-            the run directory for the card (:data:`hubft.hub.card.PLOTS` lists the file); None: no sample.
+            the run directory for the card (:data:`hubft.hub.card.SAMPLE_PLOTS` lists the file); None: no sample.
         loss_defaults: Options given to every registered loss (and component of a weighted mix) whose factory
             takes them, unless ``loss.options`` or the component's own options set them.
     """

@@ -19,7 +19,7 @@ from hubft.tasks._task import CardMetric, Task, register_task
 __all__ = ["SEMANTIC_SEGMENTATION"]
 
 IGNORE_INDEX = 255
-SAMPLE_PLOT = "segmentation_sample.png"  # listed in hubft.hub.card.PLOTS, so the card shows it
+SAMPLE_PLOT = "segmentation_sample.png"  # listed in hubft.hub.card.SAMPLE_PLOTS: the card shows it
 
 
 def _create_model(*args: Any, **kwargs: Any) -> Any:
