@@ -1,6 +1,7 @@
 # `make bench`: how fast hubft is next to what you would write by hand, as ratios measured in one run.
 #
-#   python bench/run.py [--quick] [--only train,pipeline,hub,tta,hardware,inference,adapters] [--reps N] [--gpu]
+#   python bench/run.py [--quick] [--only train,pipeline,hub,tta,hardware,inference,adapters,segmentation]
+#                       [--reps N] [--gpu]
 #
 # Every line is a ratio of two sides measured in the same process, alternating the sides, after a warm-up; the
 # table shows the median of the paired ratios and their min-max. Absolute times are only context: this machine
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 
 from bench._timing import Row  # noqa: E402
 
-BENCHES = ("train", "pipeline", "hub", "tta", "hardware", "inference", "adapters")
+BENCHES = ("train", "pipeline", "hub", "tta", "hardware", "inference", "adapters", "segmentation")
 
 
 def machine(device: torch.device) -> dict:
