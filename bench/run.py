@@ -42,7 +42,7 @@ from bench._timing import Row  # noqa: E402
 
 # Every benchmark is a module bench/_<name>.py with run(reps, quick, device, **context) -> list[Row]; a new ratio
 # is one more module and one more name here (context: what some benches need from this process, see CONTEXT).
-BENCHES = ("train", "pipeline", "hub", "tta", "hardware", "inference", "adapters", "sharding", "wholerun")
+BENCHES = ("train", "pipeline", "hub", "tta", "hardware", "inference", "adapters", "sharding", "segmentation", "wholerun")
 QUICK_REPS, FULL_REPS, GPU_REPS = 6, 15, 10
 # Extra keyword arguments of a bench's run(), by name; the others get none.
 CONTEXT = {"hub": lambda: {"port": HUB_PORT, "scratch": Path(SCRATCH.name)}}

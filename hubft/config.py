@@ -222,6 +222,8 @@ class DataConfig:
     revision: Optional[str] = _f(None, "Hub dataset revision.")
     image_column: Optional[str] = _f(None, "Image column (auto-detected when null).")
     label_column: Optional[str] = _f(None, "Label column (auto-detected when null).")
+    mask_column: Optional[str] = _f(None, "Segmentation: the mask image column (auto-detected when null).")
+    label_names: Optional[list] = _f(None, "Segmentation: class names by id (else the data's id2label.json).")
     train_split: str = _f("train", "Split to train on.")
     eval_split: Optional[str] = _f(None, "Split to evaluate on; null carves a stratified part out of train.")
     eval_fraction: float = _f(0.2, "Fraction of train carved out for evaluation when there is no eval split.",

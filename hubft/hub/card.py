@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
     from hubft.tasks import Task
 
-__all__ = ["PLOTS", "eval_results_for", "model_card_data", "render_model_card", "validate_model_card",
+__all__ = ["PLOTS", "SAMPLE_PLOTS",
+           "eval_results_for", "model_card_data", "render_model_card", "validate_model_card",
            "write_model_card"]
 
 PLOTS = {
@@ -38,7 +39,12 @@ PLOTS = {
     "loss_curve.png": "Training loss and evaluation metrics",
     "confusion_matrix.png": "Confusion matrix on the evaluation split",
 }
-"""The plot files a run writes, with their captions in the card (and the order they appear in)."""
+"""The plot files every run writes, with their captions in the card (and the order they appear in)."""
+
+SAMPLE_PLOTS = {
+    "segmentation_sample.png": "An evaluation image, its mask and the model's prediction",
+}
+"""Sample predictions a task draws (``Task.sample_plot``), shown after :data:`PLOTS` when the run has them."""
 
 _TAGS = ("hubft", "timm")
 
@@ -355,7 +361,8 @@ def _render(run: _Run, data: ModelCardData, repo_id: str | None) -> str:
         augmentation=_augmentation(f), regularisation=_regularisation(f),
         eval_set=f"{dataset_name}, split {_eval_split(run.dataset)}", best_epoch=_fmt(run.metrics.get("best_epoch")),
         results=results, per_class=per_class, per_class_title=per_class_title, per_class_metric=per_class_metric,
-        plots=[(name, caption) for name, caption in PLOTS.items() if (run.root / name).is_file()],
+        plots=[(name, caption) for name, caption in {**PLOTS, **SAMPLE_PLOTS}.items()
+               if (run.root / name).is_file()],
         frameworks=list((f.get("frameworks") or {}).items()),
     )
     text = _card_template().render(data.to_dict() | variables | _usage(run), card_data=data.to_yaml())

@@ -16,7 +16,7 @@ import torch
 
 from hubft.errors import ModelError
 from hubft.files import make_dir
-from hubft.hub.card import PLOTS, write_model_card
+from hubft.hub.card import PLOTS, SAMPLE_PLOTS, write_model_card
 
 __all__ = ["MERGE_TOLERANCE", "MergeReport", "merge_adapter_dir"]
 
@@ -24,7 +24,7 @@ MERGE_TOLERANCE = 1e-4
 """The largest logit difference (relative to the largest logit, when that is above 1) between the adapter model and
 the merged one that :func:`merge_adapter_dir` accepts; fp32 merges of small models differ by about 1e-7."""
 
-RUN_FILES = ("config.yaml", "metrics.json", *PLOTS)
+RUN_FILES = ("config.yaml", "metrics.json", *PLOTS, *SAMPLE_PLOTS)
 """The files of an adapter run that the merged directory gets too (when present)."""
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from hubft.errors import HubError, WeightsError, one_line
 from hubft.faults import fault_point_after
 from hubft.files import sha256_file
-from hubft.hub.card import PLOTS, local_name, write_model_card
+from hubft.hub.card import PLOTS, SAMPLE_PLOTS, local_name, write_model_card
 from hubft.hub.repo_id import check_repo_id
 from hubft.hub.retry import DEFAULT_RETRY, RetryPolicy, call_with_retry, is_transient, status_of
 
@@ -45,7 +45,8 @@ MODEL_FILES = ("model.safetensors", "config.json")
 """A full model: timm's weights and config."""
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 """A peft adapter (an adapter run's output): its weights, with the head, and its config. Never the base weights."""
-UPLOAD_ALLOWLIST = (*MODEL_FILES, *ADAPTER_FILES, "README.md", "config.yaml", "metrics.json", *PLOTS)
+UPLOAD_ALLOWLIST = (*MODEL_FILES, *ADAPTER_FILES, "README.md", "config.yaml", "metrics.json", *PLOTS,
+                    *SAMPLE_PLOTS)
 """The only files :func:`push_to_hub` uploads (those present), and :func:`pull_from_hub` downloads."""
 
 _DEFAULT_MESSAGE = "Upload fine-tuned model with hubft"

@@ -7,6 +7,7 @@
   to the repo's model card.
 - :func:`predict` gives the top labels of image files, folders, globs or a dataset split;
   :func:`write_predictions` writes them as JSON lines or CSV.
+- :func:`predict_masks` gives a segmentation model's class-id masks at each image's own size.
 - :func:`export_onnx` writes an ONNX file checked against torch.
 - Test-time augmentation (``tta``: ``hflip``, ``multiscale``) averages the logits over the views.
 """
@@ -15,6 +16,7 @@ from hubft.inference._model import InferenceModel, load_inference_model
 from hubft.inference._tta import TTA_MODES, parse_tta
 from hubft.inference.evaluate import EvalReport, evaluate_model, push_eval_results
 from hubft.inference.export import ONNX_TOLERANCE, ExportReport, export_onnx
+from hubft.inference.masks import predict_masks
 from hubft.inference.predict import predict, write_predictions
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "load_inference_model",
     "parse_tta",
     "predict",
+    "predict_masks",
     "push_eval_results",
     "write_predictions",
 ]

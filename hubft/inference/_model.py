@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hubft.errors import ModelError
+from hubft.errors import ConfigError, ModelError
 from hubft.tasks import DEFAULT_TASK, Task, get_task
 
 __all__ = ["InferenceModel", "load_inference_model"]
@@ -34,6 +34,18 @@ class InferenceModel:
     task: Task
     spec: str
     repo_id: str | None
+
+    def check_per_image(self, command: str) -> None:
+        """Refuse, in a command that gives one result per image, a model whose task predicts per pixel (its
+        evaluation reduces batches to statistics: ``Task.eval_statistics``).
+
+        Raises:
+            ConfigError: Naming the model's task and the Python functions that serve it.
+        """
+        if self.task.eval_statistics is not None:
+            raise ConfigError(f"`hubft {command}` gives one result per image, but {self.spec!r} is a "
+                              f"{self.task.name} model (one class per pixel)",
+                              fix="use hubft.inference.predict_masks and hubft.tasks.segmentation_metrics")
 
     @property
     def fixed_input_size(self) -> bool:

@@ -72,6 +72,7 @@ def evaluate_model(
 
     modes = parse_tta(tta)
     loaded = model if isinstance(model, InferenceModel) else load_inference_model(model)
+    loaded.check_per_image("eval")
     split_data = load_split(name=name, path=path, dataset=dataset, split=split, revision=revision,
                             image_column=image_column, label_column=label_column)
     if classes is not None:

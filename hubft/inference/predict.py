@@ -54,6 +54,7 @@ def predict(
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"--top-k {top_k!r} is not a number >= 1", fix="e.g. --top-k 5")
     loaded = model if isinstance(model, InferenceModel) else load_inference_model(model)
+    loaded.check_per_image("predict")
     items, names = _items(loaded, inputs, name, path, split)
     k = min(top_k, len(loaded.label_names))
     rows = []

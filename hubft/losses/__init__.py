@@ -3,7 +3,7 @@
 from hubft.losses._targets import LossInputError, class_range_checked_upstream
 from hubft.losses.classification import BinaryCrossEntropyLoss, CrossEntropyLoss, SoftTargetCrossEntropyLoss
 from hubft.losses.dice import DiceLoss
-from hubft.losses.factory import LossSpec, create_loss
+from hubft.losses.factory import LossSpec, create_loss, with_default_options
 from hubft.losses.focal import FocalLoss
 from hubft.losses.registry import LossInfo, get_loss_info, list_losses, register_loss
 from hubft.losses.regression import HuberLoss, L1Loss, MSELoss, SmoothL1Loss
@@ -13,6 +13,7 @@ from hubft.losses.wrappers import FunctionLoss, WeightedSumLoss
 from hubft.registry import import_object
 
 __all__ = [
+    "with_default_options",
     "create_loss",
     "list_losses",
     "register_loss",

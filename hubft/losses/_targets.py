@@ -212,3 +212,33 @@ def dense_targets(output: torch.Tensor, target: torch.Tensor, loss: str) -> torc
             fix="reshape the target (e.g. target.view_as(output)) or check the head's output size",
         )
     return target.to(output.dtype)
+
+
+def check_softmax_channels(output: torch.Tensor, loss: str) -> None:
+    """Refuse a softmax over a single channel: it is the constant 1, so nothing would train.
+
+    Raises:
+        LossInputError: ``output`` has one channel along dim 1.
+    """
+    if output.ndim >= 2 and output.shape[1] == 1:
+        raise LossInputError(
+            f"{loss}: a softmax over the output's single channel (shape {list(output.shape)}) is always 1, so the "
+            "loss could not train anything",
+            fix="use mode='binary' (or 'auto') for a one-channel output, or give the head one channel per class",
+        )
+
+
+def ignored_positions(target: torch.Tensor, ignore_index: int | None, output: torch.Tensor) -> torch.Tensor | None:
+    """The positions of class-index ``target`` (``[B, *S]``) that equal ``ignore_index``, or None when none can.
+
+    Dense targets (the output's own shape) and ``ignore_index=None`` ignore nothing.
+    """
+    if ignore_index is None or not isinstance(target, torch.Tensor) or target.is_floating_point() \
+            or target.shape != _index_shape(output):
+        return None
+    return target == ignore_index
+
+
+def without_ignored(target: torch.Tensor, ignored: torch.Tensor | None) -> torch.Tensor:
+    """``target`` with its ignored positions set to class 0 (they are masked out of the loss afterwards)."""
+    return target if ignored is None else target.masked_fill(ignored, 0)

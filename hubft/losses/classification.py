@@ -16,6 +16,7 @@ from hubft.losses._checks import channel_view, check_number, check_reduction, ch
 from hubft.losses._targets import (
     LossInputError,
     check_output,
+    check_softmax_channels,
     class_targets,
     multilabel_targets,
     one_hot_targets,
@@ -84,6 +85,7 @@ class CrossEntropyLoss(nn.Module):
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         name = "cross_entropy"
         output = check_output(output, name, min_ndim=2)
+        check_softmax_channels(output, name)
         target = class_targets(output, target, name, ignore_index=self.ignore_index)
         weights = self.class_weights
         if weights is not None:
@@ -130,6 +132,7 @@ class SoftTargetCrossEntropyLoss(nn.Module):
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         name = "soft_target_cross_entropy"
         output = check_output(output, name, min_ndim=2)
+        check_softmax_channels(output, name)
         target = one_hot_targets(output, target, name)
         return F.cross_entropy(output, target, reduction=self.reduction)
 

@@ -171,3 +171,39 @@ def _combination(pairs: list[tuple[Any, Any]]) -> WeightedSumLoss:
             weight, options = value, {}
         components.append((name, create_loss(spec, **options), weight))
     return WeightedSumLoss(components)
+
+
+def with_default_options(spec: LossSpec, options: Mapping[str, Any],
+                         defaults: Mapping[str, Any]) -> tuple[LossSpec, dict[str, Any]]:
+    """``(spec, options)`` with ``defaults`` added for every registered loss in ``spec`` whose factory takes them.
+
+    For a registered name they join ``options`` (which win); in a mapping of registered names each component's
+    own options win over them. Other specs (functions, modules, ``module:attr`` paths, lists) are returned as they
+    are: their options are the user's business.
+
+    Examples:
+        >>> with_default_options({"cross_entropy": 1.0, "dice": {"weight": 0.5}}, {}, {"ignore_index": 255})[0]
+        {'cross_entropy': {'ignore_index': 255, 'weight': 1.0}, 'dice': {'ignore_index': 255, 'weight': 0.5}}
+    """
+    options = dict(options)
+    if not defaults:
+        return spec, options
+    if isinstance(spec, str):
+        return spec, {**_taken(spec, defaults), **options}
+    if not isinstance(spec, Mapping) or not all(isinstance(key, str) for key in spec):
+        return spec, options
+    out: dict[str, Any] = {}
+    for name, value in spec.items():
+        own = dict(value) if isinstance(value, Mapping) else {"weight": value}
+        out[name] = {**_taken(name, defaults), **own}
+    return out, options
+
+
+def _taken(name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    if ":" in name:
+        return {}
+    try:
+        parameters = inspect.signature(get_loss_info(name).factory).parameters
+    except (ConfigError, TypeError, ValueError):
+        return {}
+    return {key: value for key, value in defaults.items() if key in parameters}

@@ -18,7 +18,16 @@ from hubft.losses._checks import (
     is_scalar,
     reduce,
 )
-from hubft.losses._targets import LossInputError, binary_targets, check_output, multilabel_targets, one_hot_targets
+from hubft.losses._targets import (
+    LossInputError,
+    binary_targets,
+    check_output,
+    check_softmax_channels,
+    ignored_positions,
+    multilabel_targets,
+    one_hot_targets,
+    without_ignored,
+)
 
 FOCAL_MODES = ("binary", "multilabel", "multiclass")
 
@@ -55,6 +64,8 @@ class FocalLoss(nn.Module):
         gamma: Focusing parameter ``>= 0``; 0 turns the modulation off.
         reduction: ``mean``: a plain mean over items (weights are not renormalised, as in Lin et al.); ``sum``;
             ``none``: the output's shape in sigmoid modes, ``[B, *S]`` in ``multiclass``.
+        ignore_index: A class index (segmentation's "void" pixels, 255) whose positions get zero loss and no
+            gradient, and are left out of ``mean``'s count; None: none are.
 
     Raises:
         ConfigError: An argument is invalid, including an alpha of the wrong form for the mode.
@@ -76,12 +87,16 @@ class FocalLoss(nn.Module):
         alpha: float | Sequence[float] | torch.Tensor | None = None,
         gamma: float = 2.0,
         reduction: str = "mean",
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
         name = "focal"
         self.mode = check_choice(mode, FOCAL_MODES, "mode", name)
         self.gamma = check_number(gamma, "gamma", name, low=0.0)
         self.reduction = check_reduction(reduction, name)
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise ConfigError(f"{name}: ignore_index={ignore_index!r} is not an integer or null", fix="e.g. 255")
+        self.ignore_index = ignore_index
         self.register_buffer("alpha", self._alpha_tensor(alpha))
 
     def _alpha_tensor(self, alpha: float | Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:
@@ -107,8 +122,11 @@ class FocalLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         name = "focal"
+        ignored = ignored_positions(target, self.ignore_index, output)
+        target = without_ignored(target, ignored)
         if self.mode == "multiclass":
             output = check_output(output, name, min_ndim=2)
+            check_softmax_channels(output, name)
             target = one_hot_targets(output, target, name)
             log_p = F.log_softmax(output, dim=1)
             loss = -target * log_p
@@ -131,6 +149,12 @@ class FocalLoss(nn.Module):
             loss = loss * self._alpha_weights(output, target)
         if self.mode == "multiclass":
             loss = loss.sum(dim=1)
+        if ignored is None:
+            return reduce(loss, self.reduction)
+        keep = ~ignored if self.mode == "multiclass" else (~ignored).unsqueeze(1).expand_as(loss)
+        loss = loss * keep
+        if self.reduction == "mean":  # over the positions that count, as torch's cross-entropy does
+            return loss.sum() / keep.sum()
         return reduce(loss, self.reduction)
 
     def _alpha_weights(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -148,4 +172,5 @@ class FocalLoss(nn.Module):
         return alpha * target + (1.0 - alpha) * (1.0 - target)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, gamma={self.gamma}, reduction={self.reduction!r}"
+        return (f"mode={self.mode!r}, gamma={self.gamma}, reduction={self.reduction!r}"
+                + (f", ignore_index={self.ignore_index}" if self.ignore_index is not None else ""))

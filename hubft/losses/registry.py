@@ -195,7 +195,7 @@ register_loss(
 register_loss(
     "dice",
     DiceLoss,
-    description="1 - Dice coefficient per class; mode binary/multilabel/multiclass, smooth, per_sample.",
+    description="1 - Dice coefficient per class; mode auto/binary/multilabel/multiclass, smooth, ignore_index.",
     target="class",
     soft_targets=True,
     unreduced="class",

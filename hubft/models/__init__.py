@@ -7,10 +7,15 @@ from hubft.models._adapters import (adapter_base, adapter_option_names, add_adap
 from hubft.models._factory import create_model, from_pretrained
 from hubft.models._freeze import FrozenParts, body_groups, freeze, frozen_parts, unfreeze
 from hubft.models._head import HEAD_INIT_STD, head_module_names, head_parameter_names
+from hubft.models._fpn import FPNDecoder
 from hubft.models._save import save_pretrained
+from hubft.models._segmentation import SegmentationModel, create_segmentation_model
 from hubft.models._source import ModelSource, parse_source
 
 __all__ = [
+    "FPNDecoder",
+    "SegmentationModel",
+    "create_segmentation_model",
     "HEAD_INIT_STD",
     "TARGET_FAMILIES",
     "TargetFamily",

@@ -17,6 +17,7 @@ from hubft.models._config import SourceConfig, read_config
 from hubft.models._fetch import SourceFiles, unreachable_error, fetch_source_files
 from hubft.models._head import head_module_names, is_head_key, reset_head
 from hubft.models._labels import labels_from_config, resolve_labels
+from hubft.models._segmentation import is_segmentation_config, load_segmentation_model
 from hubft.models._source import ModelSource, parse_source
 from hubft.models._weights import load_strict, read_safetensors
 
@@ -54,7 +55,9 @@ def create_model(
     read by hubft (safetensors only; pickle files are refused); weights of timm pretrained tags are loaded by
     timm, which has per-model converters for them. A source holding a peft adapter (``adapter_config.json``, as
     an adapter run writes) is loaded on top of its backbone, which is built from the source the adapter records
-    (see :func:`~hubft.models._adapters.load_adapter`); it keeps its head. Otherwise, the head:
+    (see :func:`~hubft.models._adapters.load_adapter`); it keeps its head. A saved segmentation model (a
+    ``hubft.decoder`` block in ``config.json``) is rebuilt whole, backbone and decoder (see
+    :func:`~hubft.models._segmentation.load_segmentation_model`). Otherwise, the head:
 
     * kept, when the source already has these labels: ``label_names`` equal to the source's, or only
       ``num_classes`` given and equal to the source's, or neither given (continued fine-tuning);
@@ -96,13 +99,7 @@ def create_model(
     """
     spec = parse_source(source, revision=revision)
     target_classes, names = resolve_labels(num_classes, label_names)
-    if head_init_seed is not None and (isinstance(head_init_seed, bool) or not isinstance(head_init_seed, int)):
-        raise ConfigError(f"head_init_seed={head_init_seed!r} is not an integer", fix="pass an int or None")
-    if not isinstance(pretrained, bool):
-        raise ConfigError(f"pretrained={pretrained!r} is not True or False", fix="pass pretrained=True or False")
-    for key, why in _REFUSED_KWARGS.items():
-        if key in timm_kwargs:
-            raise ConfigError(f"create_model does not take {key}=: {why}", fix=f"remove {key}=")
+    _check_arguments(head_init_seed, pretrained, timm_kwargs)
     cache_dir = timm_kwargs.pop("cache_dir", None)
 
     config: SourceConfig | None = None
@@ -117,6 +114,9 @@ def create_model(
         if files.adapter:
             return _load_adapter(spec, files, num_classes, label_names, pretrained, cache_dir, timm_kwargs)
         config = read_config(files)
+        if is_segmentation_config(config):
+            return load_segmentation_model(spec, config, files, label_names=label_names, cache_dir=cache_dir,
+                                           head_init_seed=head_init_seed, kwargs=timm_kwargs)
         source_classes, source_names = config.num_classes, config.label_names
         keep = pretrained and _same_labels(source_classes, source_names, target_classes, names)
         model = _build_from_config(spec, config, files, keep_head=keep, cache_dir=cache_dir, kwargs=timm_kwargs)
@@ -146,6 +146,16 @@ def create_model(
     if keep and isinstance(task, dict):  # the saved head still does what it was fine-tuned for
         model.hubft_task = task
     return model
+
+
+def _check_arguments(head_init_seed: Any, pretrained: Any, timm_kwargs: dict[str, Any]) -> None:
+    if head_init_seed is not None and (isinstance(head_init_seed, bool) or not isinstance(head_init_seed, int)):
+        raise ConfigError(f"head_init_seed={head_init_seed!r} is not an integer", fix="pass an int or None")
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"pretrained={pretrained!r} is not True or False", fix="pass pretrained=True or False")
+    for key, why in _REFUSED_KWARGS.items():
+        if key in timm_kwargs:
+            raise ConfigError(f"create_model does not take {key}=: {why}", fix=f"remove {key}=")
 
 
 def from_pretrained(source: str | os.PathLike[str], *, revision: str | None = None, **kwargs: Any) -> nn.Module:

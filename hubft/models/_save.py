@@ -35,7 +35,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
     The result loads back bit for bit with :func:`from_pretrained` (head and labels kept) and with
     ``timm.create_model("local-dir:DIR", pretrained=True)`` (labels in ``model.pretrained_cfg["label_names"]``).
     Wrapped models (DDP, ``torch.compile``, EMA) are unwrapped first. Frozen models save the same as unfrozen. A
-    model with adapters (:func:`add_adapter`) is saved as its adapter instead, by :func:`save_adapter`
+    segmentation model is saved as its backbone's config with a ``hubft.decoder`` block (see
+    :mod:`hubft.models._segmentation`). A model with adapters (:func:`add_adapter`) is saved as its adapter
+    instead, by :func:`save_adapter`
     (``adapter_model.safetensors`` + ``adapter_config.json``, no base weights).
 
     Args:
@@ -56,10 +58,14 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
         >>> save_pretrained(model, "runs/pets/best")  # doctest: +SKIP
     """
     from hubft.models._adapters import is_adapter_model, save_adapter
+    from hubft.models._segmentation import SegmentationModel, save_segmentation_model
 
     if is_adapter_model(model):
         return save_adapter(model, directory)
     model = unwrap_model(model)
+    if isinstance(model, SegmentationModel):
+        directory = _make_directory(directory)
+        return save_segmentation_model(model, directory, _hubft_block(model))
     cfg = getattr(model, "pretrained_cfg", None)
     if not isinstance(cfg, dict) or not cfg.get("architecture"):
         raise ModelError(f"{type(model).__name__} has no timm pretrained_cfg with an 'architecture'",
@@ -68,20 +74,29 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike,
     label_names = getattr(model, "label_names", None)
     if label_names is not None:
         resolve_labels(model.num_classes, label_names)
+    directory = _make_directory(directory)
+    write_safetensors(model.state_dict() if state_dict is None else state_dict, directory / WEIGHTS_NAME)
+    write_config(model, directory / CONFIG_NAME, label_names=label_names, hubft=_hubft_block(model))
+    return directory
+
+
+def _make_directory(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ModelError(f"cannot save into {str(directory)!r}: it is a file", fix="choose a directory path")
     directory.mkdir(parents=True, exist_ok=True)
-    write_safetensors(model.state_dict() if state_dict is None else state_dict, directory / WEIGHTS_NAME)
+    return directory
+
+
+def _hubft_block(model: nn.Module) -> dict:
     adapter = getattr(model, "hubft_adapter", None)
-    write_config(model, directory / CONFIG_NAME, label_names=label_names, hubft={
+    return {
         "format": 1,
         "hubft_version": _hubft_version(),
         "source": getattr(model, "hubft_source", None),
         "task": getattr(model, "hubft_task", None),
         **({"adapter": adapter} if adapter else {}),
-    })
-    return directory
+    }
 
 
 def _hubft_version() -> str | None:

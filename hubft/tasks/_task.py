@@ -50,7 +50,7 @@ class Task:
         compute_metrics: ``(outputs, targets, label_names) -> dict`` over a whole evaluation split.
         primary_metric: The metric that picks the best epoch, early stopping and a plateau schedule's steps.
         greater_is_better: Whether a larger ``primary_metric`` is better.
-        default_loss: The loss used when ``loss.name`` is not set (a registry name).
+        default_loss: The loss used when ``loss.name`` is not set (a registry name or a weighted mix of them).
         loss_targets: The target kinds of registered losses that fit this task's targets (see
             :class:`~hubft.losses.LossInfo`); a registered loss of another kind is refused before training.
         min_labels: The fewest labels a dataset must have.
@@ -63,6 +63,19 @@ class Task:
         activation: How an output becomes probabilities: ``"softmax"`` over the labels or ``"sigmoid"`` per label.
         tags: Card tags besides ``hubft`` and ``timm``.
         multi_label: The record for multi-label data, when the task takes it; None refuses such data.
+        load_data: ``(data_config, dataset, seed) -> DataBundle``: how the task reads ``data.*`` (or a dataset
+            passed in Python); None: :func:`hubft.data.load_data`, one label per image.
+        create_datasets: ``(data_config, bundle, pretrained_cfg) -> (train, eval, train_normalize,
+            eval_normalize)``: the torch datasets of uint8 images and targets, and what normalises a batch on the
+            device; None: :class:`hubft.data.ImageClassificationDataset` with timm's transforms.
+        eval_statistics: ``(outputs, targets, num_labels) -> Tensor [B, ...]``: one evaluation batch reduced to
+            per-example statistics, gathered instead of the outputs (dense outputs are too large to hold for a
+            split); :attr:`compute_metrics` then receives ``(statistics, None, label_names)`` and the eval loss
+            is the mean of the batches'. None: outputs and targets are gathered whole.
+        sample_plot: ``(model, eval_dataset, normalize, label_names, out_dir)``: draws a sample prediction into
+            the run directory for the card (:data:`hubft.hub.card.SAMPLE_PLOTS` lists the file); None: no sample.
+        loss_defaults: Options given to every registered loss (and component of a weighted mix) whose factory
+            takes them, unless ``loss.options`` or the component's own options set them.
     """
 
     name: str
@@ -71,7 +84,7 @@ class Task:
     create_model: Callable[..., Any]
     compute_metrics: Callable[[Any, Any, Sequence[str]], dict]
     primary_metric: str
-    default_loss: str
+    default_loss: str | dict
     loss_targets: tuple[str, ...]
     pipeline_tag: str
     title: str
@@ -84,6 +97,11 @@ class Task:
     tags: tuple[str, ...] = ()
     activation: str = "softmax"
     multi_label: Task | None = None
+    load_data: Callable[..., Any] | None = None
+    create_datasets: Callable[..., tuple[Any, Any, Any, Any]] | None = None
+    eval_statistics: Callable[[Any, Any, int], Any] | None = None
+    loss_defaults: tuple[tuple[str, Any], ...] = ()
+    sample_plot: Callable[..., Any] | None = None
 
     def for_labels(self, multi_label: bool) -> Task:
         """The record for data with single labels (``self``) or multi-label data (:attr:`multi_label`).
@@ -111,8 +129,8 @@ class Task:
                             fix="add examples of another class, or check data.classes and data.label_column")
 
     def probabilities(self, outputs: Any) -> Any:
-        """``outputs`` (``[N, C]`` logits) as probabilities, by :attr:`activation`."""
-        return outputs.sigmoid() if self.activation == "sigmoid" else outputs.softmax(dim=-1)
+        """``outputs`` (``[N, C, ...]`` logits) as probabilities, by :attr:`activation`."""
+        return outputs.sigmoid() if self.activation == "sigmoid" else outputs.softmax(dim=1)
 
     def is_better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` of :attr:`primary_metric` beats ``best`` (None: nothing to beat)."""

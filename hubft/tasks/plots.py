@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["plot_confusion_matrix", "pyplot"]
+__all__ = ["plot_confusion_matrix", "plot_segmentation_sample", "pyplot"]
 
 
 def pyplot():
@@ -41,4 +41,44 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], label_names: Sequence
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return Path(path)
+
+
+def plot_segmentation_sample(model, dataset, normalize, label_names: Sequence[str], path: str | Path) -> Path | None:
+    """Write the first item of ``dataset`` as three panels: the image, its mask and the model's prediction, each
+    class in its own colour over the image (ignored pixels black). None when the dataset is empty.
+
+    ``dataset`` yields ``(uint8 image [3, H, W], mask [H, W])``; ``normalize`` turns a uint8 batch into the model's
+    input. Drawn with PIL (no matplotlib needed), upscaled to at least 192 px per panel.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if len(dataset) == 0:
+        return None
+    image, mask = dataset[0]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        predicted = model(normalize(image.unsqueeze(0).to(device))).argmax(1)[0].cpu()
+    model.train(was_training)
+    import colorsys
+
+    palette = 255 * np.array([colorsys.hsv_to_rgb(i / len(label_names), 0.9, 0.95) for i in range(len(label_names))],
+                             dtype=np.float32)
+    pixels = image.permute(1, 2, 0).numpy().astype(np.float32)
+
+    def overlay(classes: np.ndarray) -> np.ndarray:
+        out = pixels.copy()
+        known = classes < len(palette)
+        out[known] = 0.4 * pixels[known] + 0.6 * palette[classes[known]]
+        out[~known] = 0
+        return out.astype(np.uint8)
+
+    panels = np.concatenate([pixels.astype(np.uint8), overlay(mask.numpy()), overlay(predicted.numpy())], axis=1)
+    scale = max(1, 192 // pixels.shape[0])
+    picture = Image.fromarray(panels).resize((panels.shape[1] * scale, panels.shape[0] * scale), Image.NEAREST)
+    picture.save(path)
     return Path(path)

@@ -20,6 +20,11 @@ def evaluate(parts: RunParts, model: torch.nn.Module) -> dict:
     acc = parts.accelerator
     was_training = model.training
     model.eval()
+    if parts.task.eval_statistics is not None:
+        try:
+            return _evaluate_statistics(parts, model)
+        finally:
+            model.train(was_training)
     outputs, targets = [], []
     for x, y in plain_worker_errors(parts.eval_loader):
         if x.dtype == torch.uint8:
@@ -38,6 +43,27 @@ def evaluate(parts: RunParts, model: torch.nn.Module) -> dict:
         metrics["loss"] = float(parts.loss_fn(output, target))
     except Exception:  # a user loss may not run on CPU tensors outside its device; the metric is optional
         metrics["loss"] = None
+    return metrics
+
+
+def _evaluate_statistics(parts: RunParts, model: torch.nn.Module) -> dict:
+    """Evaluation for a task that reduces each batch to per-example statistics (see ``Task.eval_statistics``): the
+    statistics are gathered, not the outputs, and the loss is the mean of the batches' losses."""
+    acc, task = parts.accelerator, parts.task
+    statistics, losses = [], []
+    for x, y in plain_worker_errors(parts.eval_loader):
+        if x.dtype == torch.uint8:
+            x = parts.eval_normalize(x)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with acc.autocast():
+            out = model(x)
+        out = out.float()
+        statistics.append(acc.gather_for_metrics(task.eval_statistics(out, y, len(parts.data.label_names))).cpu())
+        losses.append(parts.loss_fn(out, y).detach().reshape(1))
+    metrics = task.compute_metrics(torch.cat(statistics), None, list(parts.data.label_names))
+    loss = torch.cat(losses).mean() if losses else torch.zeros((), device=acc.device)
+    metrics["loss"] = float(acc.reduce(loss, "mean")) if acc.num_processes > 1 else float(loss)
     return metrics
 
 

@@ -145,6 +145,9 @@ class OutputWriter:
             atomic_write_text(self.root / "metrics.json", json.dumps(metrics, indent=1))
             plot_run(self.root, self.read_log(), metrics, list(parts.data.label_names),
                      [m.key for m in parts.task.card_metrics])
+            if parts.task.sample_plot is not None:
+                parts.task.sample_plot(parts.unwrapped_model, parts.eval_loader.dataset, parts.eval_normalize,
+                                       list(parts.data.label_names), self.root)
             write_model_card(self.root, repo_id=c.hub.repo_id)
             if c.hub.merge_adapter:
                 from hubft.hub.merge import merge_adapter_dir

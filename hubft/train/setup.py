@@ -121,12 +121,19 @@ def load_run_data(config: FinetuneConfig, dataset: Any = None) -> tuple[DataBund
     Raises:
         DataError: The data cannot be read, or does not suit the task (too few classes, multi-label data for a
             task that takes one target).
-        ConfigError: An unknown ``model.task``.
+        ConfigError: An unknown ``model.task``; ``data.streaming`` for a task whose data is not streamed.
     """
     from hubft.data import load_data, load_stream
 
     task = get_task(config.model.task)
     d = config.data
+    if task.load_data is not None:
+        if d.streaming:
+            raise ConfigError(f"data.streaming cannot be combined with model.task = {task.name!r}: only "
+                              "classification data is streamed", fix="drop data.streaming")
+        data = task.load_data(d, dataset, config.train.seed)
+        task.check_labels(data.label_names)
+        return data, task
     if d.streaming:
         data = load_stream(name=d.name, revision=d.revision, image_column=d.image_column, label_column=d.label_column,
                            train_split=d.train_split, eval_split=d.eval_split, max_eval_examples=d.max_eval_examples)
@@ -230,9 +237,13 @@ def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, d
         DataError: An image cannot be decoded, or a label is out of range; a stream's epoch length is unknown.
     """
     from hubft.data import ImageClassificationDataset, create_transforms
-    from hubft.train.validation import check_no_batch_of_one
 
     d, t = config.data, config.train
+    task = get_task(config.model.task)
+    if task.create_datasets is not None:
+        train_ds, eval_ds, train_normalize, eval_normalize = task.create_datasets(d, data, model.pretrained_cfg)
+        return _loaders(config, model, device, num_processes, SeededDataset(train_ds), SeededDataset(eval_ds),
+                        train_normalize, eval_normalize)
     aug = dict(auto_augment=d.auto_augment, re_prob=d.re_prob, re_mode=d.re_mode, color_jitter=d.color_jitter,
                hflip=d.hflip, scale=d.scale, ratio=d.ratio)
     train_tf = create_transforms(model.pretrained_cfg, image_size=d.image_size, training=True, **aug)
@@ -242,23 +253,35 @@ def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, d
     ds_kwargs = dict(image_column=data.image_column, label_column=data.label_column, multi_label=data.multi_label,
                      num_classes=len(data.label_names), cache=d.cache, normalize=False)
     eval_ds = SeededDataset(ImageClassificationDataset(data.eval, eval_tf, split="eval", **ds_kwargs))
+    if d.streaming:
+        stream = create_train_stream(config, data, train_tf, num_processes)
+        return _loaders(config, model, device, num_processes, stream, eval_ds, train_tf.normalize, eval_tf.normalize,
+                        stream=stream)
+    train_ds = SeededDataset(ImageClassificationDataset(data.train, train_tf, split="train", **ds_kwargs))
+    return _loaders(config, model, device, num_processes, train_ds, eval_ds, train_tf.normalize, eval_tf.normalize)
+
+
+def _loaders(config: FinetuneConfig, model: nn.Module, device: torch.device, num_processes: int, train_ds: Any,
+             eval_ds: SeededDataset, train_normalize: Any, eval_normalize: Any,
+             stream: StreamingTrainData | None = None) -> Loaders:
+    from hubft.train.validation import check_no_batch_of_one
+
+    d, t = config.data, config.train
     # A stream is read in the training process: its position is what a checkpoint records (config refuses workers).
-    workers = 0 if d.streaming else default_num_workers(device, num_processes) if d.num_workers == "auto" \
+    workers = 0 if stream is not None else default_num_workers(device, num_processes) if d.num_workers == "auto" \
         else d.num_workers
     # Persistent workers: a short epoch must not pay for starting them again (the sampler lives in this process,
     # so set_epoch still reaches them).
     loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     eval_ = torch.utils.data.DataLoader(eval_ds, batch_size=t.eval_batch_size or t.batch_size,
                                         sampler=EpochSampler(len(eval_ds), seed=t.seed, shuffle=False), **loader_kw)
-    if d.streaming:
-        stream = create_train_stream(config, data, train_tf, num_processes)
+    if stream is not None:
         train = torch.utils.data.DataLoader(stream, batch_size=t.batch_size, **loader_kw)
-        return Loaders(train, eval_, stream, train_tf.normalize, eval_tf.normalize, train_stream=stream)
-    train_ds = SeededDataset(ImageClassificationDataset(data.train, train_tf, split="train", **ds_kwargs))
+        return Loaders(train, eval_, stream, train_normalize, eval_normalize, train_stream=stream)
     check_no_batch_of_one(model, len(train_ds), t.batch_size, num_processes)
     train_sampler = EpochSampler(len(train_ds), seed=t.seed, shuffle=True)
     train = torch.utils.data.DataLoader(train_ds, batch_size=t.batch_size, sampler=train_sampler, **loader_kw)
-    return Loaders(train, eval_, train_sampler, train_tf.normalize, eval_tf.normalize)
+    return Loaders(train, eval_, train_sampler, train_normalize, eval_normalize)
 
 
 def create_train_stream(config: FinetuneConfig, data: DataBundle, transform: Any,
@@ -293,7 +316,7 @@ def create_run_loss(config: FinetuneConfig, task: Task, loss: Any = None) -> tup
     Raises:
         ConfigError: The loss cannot be built, or is a registered loss for another kind of target than the task's.
     """
-    from hubft.losses import create_loss
+    from hubft.losses import create_loss, with_default_options
     from hubft.train.validation import check_loss_fits_task
 
     spec = loss if loss is not None else config.loss.name if config.loss.name is not None else task.default_loss
@@ -301,6 +324,7 @@ def create_run_loss(config: FinetuneConfig, task: Task, loss: Any = None) -> tup
     smoothing = options.pop("label_smoothing", 0.0) if config.data.mixing else 0.0
     check_loss_fits_task(spec, task)
     label = spec if isinstance(spec, (str, dict, list)) else getattr(spec, "__name__", type(spec).__name__)
+    spec, options = with_default_options(spec, options, dict(task.loss_defaults))
     return create_loss(spec, **options), label, smoothing
 
 

@@ -206,3 +206,22 @@ def test_class_range_check_is_skipped_only_off_cpu_inside_the_upstream_block():
     # Outside the block the check reads the values again, which a meta tensor cannot give.
     with pytest.raises(RuntimeError, match="meta"):
         loss(torch.zeros(2, 3, device="meta"), torch.zeros(2, dtype=torch.long, device="meta"))
+
+
+@pytest.mark.parametrize("spec", [("dice", {"mode": "multiclass"}), ("focal", {}), ("cross_entropy", {})])
+def test_a_softmax_over_one_channel_is_refused(spec):
+    from hubft.losses import LossInputError, create_loss
+
+    with pytest.raises(LossInputError, match="single channel"):
+        create_loss(spec[0], **spec[1])(torch.randn(2, 1, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+
+
+def test_dice_auto_is_binary_for_one_channel_and_trains():
+    from hubft.losses import create_loss
+
+    logits = torch.zeros(2, 1, 4, 4, requires_grad=True)
+    target = torch.ones(2, 4, 4, dtype=torch.long)
+    loss = create_loss("dice")
+    assert loss.mode == "auto"
+    loss(logits, target).backward()
+    assert logits.grad.abs().sum() > 0  # a sigmoid, not a constant softmax

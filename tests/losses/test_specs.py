@@ -247,7 +247,8 @@ def test_registered_loss_is_listed_built_and_uses_its_defaults(scratch_registry,
     with pytest.raises(ConfigError, match="target='segmentation'"):
         list_losses(target="segmentation")
     assert get_loss_info("Binary-Focal") is info
-    assert info.options() == {"mode": "binary", "alpha": 0.25, "gamma": 2.0, "reduction": "mean"}
+    assert info.options() == {"mode": "binary", "alpha": 0.25, "gamma": 2.0, "reduction": "mean",
+                             "ignore_index": None}
     loss = create_loss("binary_focal", gamma=1.0)
     assert (loss.mode, loss.gamma, float(loss.alpha)) == ("binary", 1.0, 0.25)
     assert _lowers(train(loss, "binary"))

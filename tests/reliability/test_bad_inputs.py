@@ -49,6 +49,7 @@ def _flip_newest_weights(run: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+_SEG = ["--model.task", "semantic-segmentation", "--data.re_prob", "0"]  # the good config erases patches
 CASES = {
     # -- the config itself
     "unknown-config-key": Case("a misspelt key in the YAML", ["--config", "<typo_key>"], "did you mean epochs"),
@@ -134,6 +135,25 @@ CASES = {
         "a streamed dataset without an eval split (a stream cannot have one carved out)",
         ["--data.path", "null", "--data.name", "<stream_without_eval>", "--data.streaming", "true",
          "--train.updates_per_epoch", "2"], "has no eval split", hub=True),
+    # -- segmentation data (model.task: semantic-segmentation)
+    "streaming-segmentation": Case("data.streaming for segmentation (only classification data is streamed)",
+                                   [*_SEG, "--data.path", "null", "--data.name", "someone/data", "--data.streaming",
+                                    "true"], "only classification data is streamed"),
+    "mask-size-differs": Case("a segmentation mask of another size than its image",
+                              [*_SEG, "--data.path", "<seg_mask_size>"],
+                              "px but its image is"),
+    "mask-class-outside-labels": Case("a segmentation mask holding a class id outside the labels",
+                                      [*_SEG, "--data.path", "<seg_bad_class>"],
+                                      "holds class id 9"),
+    "segmentation-no-id2label": Case("segmentation data without id2label.json (nor data.label_names)",
+                                     [*_SEG, "--data.path", "<seg_no_id2label>"],
+                                     "has no id2label.json"),
+    "segmentation-no-mask-column": Case("segmentation data without the mask column named",
+                                        [*_SEG, "--data.path", "<seg_good>",
+                                         "--data.mask_column", "segmap"], "mask column 'segmap' is not an image"),
+    "segmentation-image-without-mask": Case("a segmentation image without a mask of the same file stem",
+                                            [*_SEG, "--data.path",
+                                             "<seg_no_mask>"], "have no mask of the same stem"),
     # -- weights and the Hub
     "corrupt-weights": Case("a truncated model.safetensors", ["--model.name", "local-dir:<truncated>",
                                                               "--model.pretrained", "true"], "truncated"),
@@ -283,6 +303,7 @@ def inputs(tmp_path_factory, images) -> dict:
     torch.save(model.state_dict(), root / "pickled" / "pytorch_model.bin")
     hubft.save_pretrained(model, root / "good_model")  # labels a, b: the images' classes are class_0..2
     datasets.Dataset.from_dict({"image": files}).to_parquet(str(root / "no_labels.parquet"))
+    _segmentation_inputs(root)
     return {"missing": root / "nope.yaml", "out_of_range": root / "out_of_range.parquet",
             "no_labels": root / "no_labels.parquet", "images": images, **{p.stem: p for p in root.iterdir()}}
 
@@ -306,6 +327,18 @@ def streamed_inputs(local_hub, tmp_path_factory) -> dict:
         api.create_repo(found[name], repo_type="dataset")
         api.upload_folder(repo_id=found[name], repo_type="dataset", folder_path=str(root / name), path_in_repo="data")
     return found
+
+
+def _segmentation_inputs(root: Path) -> None:
+    """Shapes folders, each broken in one way (``seg_good`` is not)."""
+    from hubft.data import write_segmentation_folder
+
+    for name in ("seg_good", "seg_mask_size", "seg_bad_class", "seg_no_id2label", "seg_no_mask"):
+        write_segmentation_folder(root / name, train=6, validation=2, size=16)
+    Image.new("L", (8, 8)).save(root / "seg_mask_size" / "train" / "masks" / "002.png")
+    Image.new("L", (16, 16), 9).save(root / "seg_bad_class" / "train" / "masks" / "003.png")
+    (root / "seg_no_id2label" / "id2label.json").unlink()
+    (root / "seg_no_mask" / "train" / "masks" / "001.png").unlink()
 
 
 def _copy_run(src: Path, dst: Path) -> None:

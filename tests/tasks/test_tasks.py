@@ -11,7 +11,7 @@ import torch
 
 import hubft
 from hubft.errors import ConfigError, DataError
-from hubft.losses import create_loss, get_loss_info
+from hubft.losses import create_loss, get_loss_info, with_default_options
 from hubft.tasks import DEFAULT_TASK, Task, get_task, list_tasks, register_task
 
 LABELS = ["a", "b", "c", "d", "e", "f"]
@@ -33,7 +33,20 @@ def _targets(task: Task, n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     if task is get_task(task.name).multi_label:
         return (torch.rand(n, len(LABELS), generator=g) > 0.5).float()
-    return torch.randint(len(LABELS), (n,), generator=g)
+    return torch.randint(len(LABELS), (n, *_dense(task)), generator=g)
+
+
+def _dense(task: Task) -> tuple[int, ...]:
+    """The spatial size of a task's outputs and targets: ``(4, 4)`` for a dense task (masks), else none."""
+    return (4, 4) if task.eval_statistics is not None else ()
+
+
+def _outputs(task: Task, n: int) -> torch.Tensor:
+    return torch.randn(n, len(LABELS), *_dense(task), generator=torch.Generator().manual_seed(1))
+
+
+def _loss_names(spec) -> list[str]:
+    return [spec] if isinstance(spec, str) else list(spec)
 
 
 def test_the_default_task_is_registered_and_is_the_config_default():
@@ -43,14 +56,18 @@ def test_the_default_task_is_registered_and_is_the_config_default():
 
 @pytest.mark.parametrize("task", RECORDS, ids=IDS)
 def test_the_default_loss_is_registered_for_the_task_targets(task):
-    assert get_loss_info(task.default_loss).target in task.loss_targets
-    outputs, targets = torch.randn(8, len(LABELS)), _targets(task, 8)
-    assert torch.isfinite(create_loss(task.default_loss)(outputs, targets))
+    assert all(get_loss_info(name).target in task.loss_targets for name in _loss_names(task.default_loss))
+    outputs, targets = _outputs(task, 8), _targets(task, 8)
+    spec, options = with_default_options(task.default_loss, {}, dict(task.loss_defaults))
+    assert torch.isfinite(create_loss(spec, **options)(outputs, targets))
 
 
 @pytest.mark.parametrize("task", RECORDS, ids=IDS)
 def test_metrics_hold_the_primary_metric_and_everything_the_card_publishes(task):
-    metrics = task.compute_metrics(torch.randn(40, len(LABELS)), _targets(task, 40), LABELS)
+    outputs, targets = _outputs(task, 40), _targets(task, 40)
+    if task.eval_statistics is not None:
+        outputs, targets = task.eval_statistics(outputs, targets, len(LABELS)), None
+    metrics = task.compute_metrics(outputs, targets, LABELS)
     assert isinstance(metrics[task.primary_metric], float)
     for metric in task.card_metrics:
         assert isinstance(metrics[metric.key], float), metric.key

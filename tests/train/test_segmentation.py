@@ -1,0 +1,112 @@
+"""Semantic segmentation end to end: CNN and plain-ViT backbones learn synthetic masks, resume exactly, and run on
+two processes; ignored pixels carry no gradient."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+
+import hubft
+from hubft.data import SHAPE_CLASSES, make_synthetic_segmentation_dataset, write_segmentation_folder
+from hubft.faults import FaultInjected
+from hubft.testing import reset_process_state
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return datasets.DatasetDict({"train": make_synthetic_segmentation_dataset(16, 32, seed=0),
+                                 "validation": make_synthetic_segmentation_dataset(4, 32, seed=1)})
+
+
+def _config(out: Path, name: str = "test_convnext", **train) -> dict:
+    return {
+        "model": {"name": name, "pretrained": False, "task": "semantic-segmentation"},
+        "data": {"image_size": 32, "label_names": list(SHAPE_CLASSES)},
+        "optim": {"lr": 0.003, "weight_decay": 0.0},
+        "schedule": {"name": "cosine", "warmup_steps": 1},
+        "train": {"epochs": 3, "batch_size": 4, "output_dir": str(out), "log_every": 1, "cpu": True, **train},
+    }
+
+
+def _history(out: Path) -> list[float]:
+    return [h["eval"]["mean_iou"] for h in json.loads((out / "metrics.json").read_text())["history"]]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_cnn_learns_masks_and_resumes_bit_identically(tmp_path, shapes, monkeypatch):
+    straight = tmp_path / "straight"
+    hubft.finetune(_config(straight, checkpoint_every=1), dataset=shapes)
+    ious = _history(straight)
+    assert ious[-1] > ious[0] + 0.05, ious
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setenv("HUBFT_FAULT", "after_optimizer_step@6:raise")
+    with pytest.raises(FaultInjected):
+        hubft.finetune(_config(resumed, checkpoint_every=1), dataset=shapes)
+    monkeypatch.delenv("HUBFT_FAULT")
+    reset_process_state()
+    hubft.finetune(_config(resumed, checkpoint_every=1, resume="latest"), dataset=shapes)
+    assert _sha(straight / "model.safetensors") == _sha(resumed / "model.safetensors")
+    assert _history(straight) == _history(resumed)
+
+
+@pytest.mark.slow
+def test_a_plain_vit_learns_masks(tmp_path, shapes):
+    out = tmp_path / "vit"
+    cfg = _config(out, "test_vit", epochs=4)
+    cfg["optim"]["lr"] = 0.003
+    hubft.finetune(cfg, dataset=shapes)
+    ious = _history(out)
+    assert ious[-1] > ious[0], ious
+    model = hubft.from_pretrained(f"local-dir:{out}").eval()
+    assert model.feature_indices and model.decoder.scales == (4.0, 2.0, 1.0, 0.5)  # a pyramid from one stride
+
+
+def test_ignored_pixels_carry_no_gradient():
+    from hubft.losses import create_loss, with_default_options
+
+    spec, options = with_default_options({"cross_entropy": 1.0, "dice": 1.0, "focal": 0.5}, {},
+                                         {"ignore_index": 255})
+    loss = create_loss(spec, **options)
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    target = torch.randint(4, (2, 8, 8))
+    target[:, :3] = 255
+    loss(logits, target).backward()
+    assert logits.grad[:, :, :3].abs().max() == 0
+    assert logits.grad[:, :, 3:].abs().max() > 0
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_segmentation_model(tmp_path, free_port):
+    data = write_segmentation_folder(tmp_path / "shapes", train=8, validation=4)
+    out = tmp_path / "run"
+    cfg = _config(out, epochs=1, batch_size=4)
+    cfg["data"] = {"path": str(data), "image_size": 32}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), "recipes/finetune.py", "--config", str(tmp_path / "config.yaml")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["processes"] == 2
+    # The confusion matrices gathered from both processes count every eval pixel once (none is ignored twice).
+    masks = hubft.data.load_segmentation_data(path=str(data)).eval
+    counted = sum(sum(row) for row in metrics["final"]["confusion_matrix"])
+    import numpy as np
+    assert counted == sum(int((np.asarray(m) != 255).sum()) for m in masks["mask"])
