@@ -1,4 +1,4 @@
-"""Ratio 9: hubft's training loop for semantic segmentation vs a plain PyTorch loop with the same model and decoder.
+"""Ratio 10: hubft's training loop for semantic segmentation vs a plain PyTorch loop with the same model and decoder.
 
 Both sides train the same :class:`~hubft.models.SegmentationModel` (backbone + FPN decoder, built alike), with the
 same AdamW groups and kernel, memory format, batch and loss module (the task's default
@@ -76,7 +76,7 @@ def measure(case: Case, device: torch.device, reps: int) -> list[Row]:
     plain = PlainSegmentationLoop(case, batches, device, channels_last=hubft_loop.channels_last,
                                   fused=uses_fused(hubft_loop))
     times = interleave({"plain": plain, "hubft_loop": hubft_loop}, reps)
-    return [speed_row(times, "hubft_loop", "plain", bench="9 segmentation",
+    return [speed_row(times, "hubft_loop", "plain", bench="10 segmentation",
                       metric="hubft loop / plain PyTorch, same segmentation model, loss and tensors",
                       case=f"{case.label}, FPN decoder", target=0.98)]
 

@@ -59,11 +59,11 @@ def run(reps: int, quick: bool, device: torch.device) -> list[Row]:
     for side in times:
         times[side] += steps[side]
         times.cpu[side] += [0.0] * len(steps[side])  # the work runs in the launched processes, not this one
-    rows = [speed_row(times, fast="fsdp", slow="ddp", bench="sharding", metric="DDP / FSDP2 step time",
+    rows = [speed_row(times, fast="fsdp", slow="ddp", bench="11 sharding", metric="DDP / FSDP2 step time",
                       case=f"{case.label}, {where}", note=note)]
     peaks = {side: _launch(world, device, case, "memory", side=side) for side in ("ddp", "fsdp")}
     ratio = peaks["ddp"]["peak_bytes"] / max(peaks["fsdp"]["peak_bytes"], 1)
-    rows.append(Row(bench="sharding", metric="DDP / FSDP2 peak memory per process", case=f"{case.label}, {where}",
+    rows.append(Row(bench="11 sharding", metric="DDP / FSDP2 peak memory per process", case=f"{case.label}, {where}",
                     value=ratio, low=ratio, high=ratio, pairs=1, note=note,
                     detail={f"{k}[{side}]": v for side, p in peaks.items() for k, v in p.items()}))
     for r in rows:

@@ -231,7 +231,8 @@ def _torchrun(config: dict, directory: Path, port: int, *extra: str, env: dict |
 def _log(run: Path) -> list[dict]:
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     for record in records:
-        record.pop("images_per_s", None)
+        record.pop("images_per_s", None)  # wall-clock fields differ between any two runs
+        record.pop("time", None)
     return records
 
 
