@@ -27,12 +27,7 @@ def evaluate(parts: RunParts, model: torch.nn.Module) -> dict:
             model.train(was_training)
     outputs, targets = [], []
     for x, y in plain_worker_errors(parts.eval_loader):
-        if x.dtype == torch.uint8:
-            x = parts.eval_normalize(x)
-        if parts.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with acc.autocast():
-            out = model(x)
+        out = _forward(parts, model, x)
         out, y = acc.gather_for_metrics((out.float().contiguous(), y.contiguous()))
         outputs.append(out.cpu())
         targets.append(y.cpu())
@@ -46,18 +41,24 @@ def evaluate(parts: RunParts, model: torch.nn.Module) -> dict:
     return metrics
 
 
+def _forward(parts: RunParts, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's output for one eval batch: normalised on the device when it came as uint8, in the run's memory
+    format and precision."""
+    if x.dtype == torch.uint8:
+        x = parts.eval_normalize(x)
+    if parts.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with parts.accelerator.autocast():
+        return model(x)
+
+
 def _evaluate_statistics(parts: RunParts, model: torch.nn.Module) -> dict:
     """Evaluation for a task that reduces each batch to per-example statistics (see ``Task.eval_statistics``): the
     statistics are gathered, not the outputs, and the loss is the mean of the batches' losses."""
     acc, task = parts.accelerator, parts.task
     statistics, losses = [], []
     for x, y in plain_worker_errors(parts.eval_loader):
-        if x.dtype == torch.uint8:
-            x = parts.eval_normalize(x)
-        if parts.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with acc.autocast():
-            out = model(x)
+        out = _forward(parts, model, x)
         out = out.float()
         statistics.append(acc.gather_for_metrics(task.eval_statistics(out, y, len(parts.data.label_names))).cpu())
         losses.append(parts.loss_fn(out, y).detach().reshape(1))
