@@ -95,13 +95,15 @@ def _targets(loaded: InferenceModel, split) -> torch.Tensor:
                         f"{'one label' if split.multi_label else 'several labels'} per image",
                         fix="evaluate it on data labelled the way it was trained")
     position = {name: i for i, name in enumerate(loaded.label_names)}
-    unknown = [n for n in split.label_names if n not in position]
+    column = split.data[split.label_column]
+    # Only labels that some row carries must be the model's: --data.classes keeps rows, not the label names.
+    present = set(label for labels in column for label in labels) if split.multi_label else set(column)
+    unknown = [n for i, n in enumerate(split.label_names) if i in present and n not in position]
     if unknown:
         raise DataError(f"the data has labels model {loaded.spec!r} does not know: {unknown[:5]}"
                         + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""),
                         fix=f"evaluate on data labelled with the model's labels: {list(loaded.label_names)[:10]}")
-    remap = torch.tensor([position[n] for n in split.label_names], dtype=torch.long)
-    column = split.data[split.label_column]
+    remap = torch.tensor([position.get(n, -1) for n in split.label_names], dtype=torch.long)
     if not split.multi_label:
         return remap[torch.tensor(column, dtype=torch.long)]
     rows = torch.zeros(len(column), len(loaded.label_names))

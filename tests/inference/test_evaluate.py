@@ -58,6 +58,25 @@ def test_labels_are_matched_by_name_whatever_the_datasets_order(trained, eval_da
     assert report.metrics["per_class_accuracy"][names[0]] is None  # absent from the data
 
 
+def test_classes_keeps_the_rows_the_model_knows_in_data_with_more_labels(trained, eval_data):
+    """As the demo does: a model of some labels, evaluated on a dataset with others too, through ``classes``."""
+    import datasets
+
+    names = eval_data.features["label"].names
+    wider = eval_data.cast_column("label", datasets.ClassLabel(names=[*names, "other"]))
+    other = wider.cast_column("label", datasets.Value("int64")).map(lambda row, i: {"label": len(names)}
+                                                                    if i % 2 else {}, with_indices=True)
+    other = other.cast_column("label", datasets.ClassLabel(names=[*names, "other"]))
+    with pytest.raises(DataError, match=r"does not know: \['other'\]"):
+        evaluate_model(trained, dataset=other)
+    report = evaluate_model(trained, dataset=other, classes=names)
+    assert report.metrics["num_samples"] == len(eval_data) // 2
+    assert report.metrics["confusion_matrix"] == evaluate_model(trained, dataset=wider.select(
+        range(0, len(wider), 2))).metrics["confusion_matrix"]
+    # Labels no row carries are not the model's business either.
+    assert evaluate_model(trained, dataset=wider).metrics["num_samples"] == len(eval_data)
+
+
 def test_predict_gives_evals_predictions_with_probabilities_that_sum_to_one(trained, eval_data, tmp_path):
     from hubft.data import write_image_folder
 
