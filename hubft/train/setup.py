@@ -21,7 +21,7 @@ from hubft.errors import ConfigError, one_line
 from hubft.tasks import Task, get_task
 from hubft.train.parts import RunParts
 from hubft.train.sampler import EpochSampler, SeededDataset
-from hubft.train.stream import StreamingTrainData, stream_updates_per_epoch
+from hubft.train.stream import StreamingTrainData, create_train_stream
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -255,18 +255,17 @@ def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, d
     eval_ds = SeededDataset(ImageClassificationDataset(data.eval, eval_tf, split="eval", **ds_kwargs))
     if d.streaming:
         stream = create_train_stream(config, data, train_tf, num_processes)
-        return _loaders(config, model, device, num_processes, stream, eval_ds, train_tf.normalize, eval_tf.normalize,
-                        stream=stream)
+        return _loaders(config, model, device, num_processes, stream, eval_ds, train_tf.normalize, eval_tf.normalize)
     train_ds = SeededDataset(ImageClassificationDataset(data.train, train_tf, split="train", **ds_kwargs))
     return _loaders(config, model, device, num_processes, train_ds, eval_ds, train_tf.normalize, eval_tf.normalize)
 
 
 def _loaders(config: FinetuneConfig, model: nn.Module, device: torch.device, num_processes: int, train_ds: Any,
-             eval_ds: SeededDataset, train_normalize: Any, eval_normalize: Any,
-             stream: StreamingTrainData | None = None) -> Loaders:
+             eval_ds: SeededDataset, train_normalize: Any, eval_normalize: Any) -> Loaders:
     from hubft.train.validation import check_no_batch_of_one
 
     d, t = config.data, config.train
+    stream = train_ds if isinstance(train_ds, StreamingTrainData) else None
     # A stream is read in the training process: its position is what a checkpoint records (config refuses workers).
     workers = 0 if stream is not None else default_num_workers(device, num_processes) if d.num_workers == "auto" \
         else d.num_workers
@@ -282,27 +281,6 @@ def _loaders(config: FinetuneConfig, model: nn.Module, device: torch.device, num
     train_sampler = EpochSampler(len(train_ds), seed=t.seed, shuffle=True)
     train = torch.utils.data.DataLoader(train_ds, batch_size=t.batch_size, sampler=train_sampler, **loader_kw)
     return Loaders(train, eval_, train_sampler, train_normalize, eval_normalize)
-
-
-def create_train_stream(config: FinetuneConfig, data: DataBundle, transform: Any,
-                        num_processes: int = 1) -> StreamingTrainData:
-    """This process's part of the streamed train split, ``updates_per_epoch x grad_accum_steps`` batches an epoch.
-
-    Raises:
-        DataError: The epoch length is unknown (no ``train.updates_per_epoch``, no recorded size).
-    """
-    from accelerate import PartialState
-
-    t = config.train
-    updates = stream_updates_per_epoch(config, data.source.num_train, num_processes)
-    stream = StreamingTrainData(
-        data.train, transform, image_column=data.image_column, label_column=data.label_column,
-        multi_label=data.multi_label, num_classes=len(data.label_names), batch_size=t.batch_size,
-        batches_per_epoch=updates * t.grad_accum_steps, seed=t.seed, shuffle_buffer=config.data.shuffle_buffer,
-        rank=PartialState().process_index if num_processes > 1 else 0, world_size=num_processes)
-    PartialState().print(f"hubft: streaming {config.data.name} ({stream.num_shards} shards, split by "
-                         f"{stream.split_by} over {num_processes} process(es)): {updates} updates per epoch")
-    return stream
 
 
 def create_run_loss(config: FinetuneConfig, task: Task, loss: Any = None) -> tuple[nn.Module, Any, float]:

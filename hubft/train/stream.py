@@ -22,7 +22,7 @@ that pass (datasets does not save a buffer's contents) and the order afterwards 
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import datasets
 import torch
@@ -32,7 +32,10 @@ from hubft.config import FinetuneConfig
 from hubft.errors import CheckpointError, DataError
 from hubft.train.sampler import mix_seed, seed_sample_rngs
 
-__all__ = ["StreamingTrainData", "stream_updates_per_epoch"]
+if TYPE_CHECKING:
+    from hubft.data import DataBundle
+
+__all__ = ["StreamingTrainData", "create_train_stream", "stream_updates_per_epoch"]
 
 # Batch boundaries whose stream state is kept: the loop reads at most one batch ahead of what it has trained on.
 _MARKS = 8
@@ -178,3 +181,23 @@ class StreamingTrainData(torch.utils.data.IterableDataset):
         """Let go of the open reader now, while the interpreter is whole (at exit its clean-up prints errors)."""
         self._iterator = None
 
+
+def create_train_stream(config: FinetuneConfig, data: DataBundle, transform: Any,
+                        num_processes: int = 1) -> StreamingTrainData:
+    """This process's part of the streamed train split, ``updates_per_epoch x grad_accum_steps`` batches an epoch.
+
+    Raises:
+        DataError: The epoch length is unknown (no ``train.updates_per_epoch``, no recorded size).
+    """
+    from accelerate import PartialState
+
+    t = config.train
+    updates = stream_updates_per_epoch(config, data.source.num_train, num_processes)
+    stream = StreamingTrainData(
+        data.train, transform, image_column=data.image_column, label_column=data.label_column,
+        multi_label=data.multi_label, num_classes=len(data.label_names), batch_size=t.batch_size,
+        batches_per_epoch=updates * t.grad_accum_steps, seed=t.seed, shuffle_buffer=config.data.shuffle_buffer,
+        rank=PartialState().process_index if num_processes > 1 else 0, world_size=num_processes)
+    PartialState().print(f"hubft: streaming {config.data.name} ({stream.num_shards} shards, split by "
+                         f"{stream.split_by} over {num_processes} process(es)): {updates} updates per epoch")
+    return stream
