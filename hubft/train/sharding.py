@@ -12,7 +12,8 @@ Accelerate still owns the processes, devices, loaders, gathers and gradient clip
 - Parameter groups are built by name before sharding and re-bound to the sharded parameters by the same names
   (:func:`rebind_param_groups`): head LR, layer decay and no-decay come out exactly as unsharded.
 - A checkpoint holds ``sharded/`` (model and optimizer, torch distributed checkpoint format, one file per process
-  plus ``.metadata``), written and read by every process; it loads at any number of processes, one included.
+  plus ``.metadata``), written and read by every process; it loads at any number of processes, one included, and
+  is read without unpickling anything but plain data and DCP's metadata records (``safe_dcp.py``).
 - With one process ``train.fsdp`` trains unsharded but writes the same checkpoint format, so a run can move between
   one process and several.
 """
@@ -160,22 +161,45 @@ def save_sharded_state(directory: Path, model: nn.Module, optimizer: torch.optim
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
-    with _single_process() as single:
+    with _single_process() as single, _plain_errors():
         dcp.save(state, checkpoint_id=str(directory), no_dist=single)
 
 
 def load_sharded_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load what :func:`save_sharded_state` wrote, at this run's number of processes (any: DCP re-shards)."""
+    """Load what :func:`save_sharded_state` wrote, at this run's number of processes (any: DCP re-shards).
+
+    Nothing in the checkpoint is unpickled beyond plain data and DCP's own metadata records (:mod:`.safe_dcp`).
+
+    Raises:
+        pickle.UnpicklingError: The checkpoint holds a pickle of anything else (it is not loaded).
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
 
+    from hubft.train.safe_dcp import SafeLoadPlanner, SafeReader
+
+    reader = SafeReader(directory)
+    reader.read_metadata()  # a refusal raised here is plain; inside dcp.load it would be logged and wrapped
     # get_optimizer_state_dict first gives a fresh optimizer its state tensors (a step at LR 0), for DCP to fill.
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
-    with _single_process() as single:
-        dcp.load(state, checkpoint_id=str(directory), no_dist=single)
+    with _single_process() as single, _plain_errors():
+        dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=single)
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    # DCP reports any failure as a CheckpointException, a BaseException that `except Exception` handlers miss:
+    # raise what went wrong instead (on every process: DCP hands each the same failures).
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as e:
+        _rank, (error, _trace) = min(e.failures.items())
+        raise error from None
 
 
 @contextlib.contextmanager

@@ -117,6 +117,73 @@ def test_a_malicious_pickle_in_a_checkpoint_is_refused(finished_run, tmp_path, m
     assert not marker.exists()
 
 
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory, images, rel) -> Path:
+    """A finished one-process ``train.fsdp`` run: its checkpoints are torch distributed checkpoints (``sharded/``)."""
+    import copy
+
+    from hubft.testing import reset_process_state
+
+    cfg = copy.deepcopy(rel.BASE)
+    cfg["data"]["path"] = str(images)
+    cfg["train"].update(output_dir=str(tmp_path_factory.mktemp("sharded") / "run"), fsdp=True)
+    try:
+        hubft.finetune(cfg)
+    finally:
+        reset_process_state()
+    return Path(cfg["train"]["output_dir"])
+
+
+def _poison_metadata(sharded: Path, marker: Path) -> None:
+    import pickle
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    (sharded / ".metadata").write_bytes(pickle.dumps(_CreatesAFile(marker)))
+    FileSystemReader(sharded).read_metadata()  # torch's own reader runs it
+    assert marker.exists()
+    marker.unlink()
+
+
+def _poison_an_entry(sharded: Path, marker: Path) -> None:
+    """Rewrite the checkpoint with an optimizer group's name replaced by the payload (a non-tensor entry)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(sharded, sharded.parent / "whole.pt")
+    state = torch.load(sharded.parent / "whole.pt", weights_only=True)
+    (sharded.parent / "whole.pt").unlink()
+    state["optimizer"]["param_groups"][0]["name"] = _CreatesAFile(marker)
+    shutil.rmtree(sharded)
+    dcp.save(state, checkpoint_id=str(sharded), no_dist=True)
+    dcp.load({"optimizer": {"param_groups": [{"name": None}]}}, checkpoint_id=str(sharded), no_dist=True)
+    assert marker.exists()  # torch's default planner runs it
+    marker.unlink()
+
+
+@pytest.mark.parametrize("where, poison", [pytest.param("whose .metadata", _poison_metadata, id="metadata"),
+                                          pytest.param("where an optimizer group's name (a non-tensor entry)",
+                                                       _poison_an_entry, id="entry")])
+def test_a_malicious_pickle_in_a_sharded_checkpoint_is_refused(where, poison, sharded_run, tmp_path, make_config,
+                                                                capsys, survival):
+    survival(f"a train.fsdp checkpoint {where} is a malicious pickle that torch's own reader would run "
+             "(manifest forged to match)",
+             "resume refuses it with CheckpointError, exit 2, naming what was refused; the file is never created")
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    shutil.copytree(sharded_run, run)
+    checkpoint = run / "checkpoints" / "step-00000010"
+    poison(checkpoint / "sharded", marker)
+    _rewrite_manifest(checkpoint)
+    from hubft.cli import main
+
+    config = make_config(tmp_path, train={"fsdp": True})
+    assert main(["finetune", "--config", str(config), "--train.resume", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "could not be loaded" in err and "UnpicklingError" in err and "io.open" in err, err
+    assert "Traceback" not in err and "weights_only" not in err  # not torch's advice on loading it unsafely
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("index_path", ["../outside/model.safetensors", "/tmp/outside-model.safetensors"])
 def test_a_sharded_index_pointing_outside_is_not_followed(index_path, tmp_path, survival):
     survival(f"a model directory with only a sharded index whose shard path is {index_path!r}",
