@@ -10,7 +10,7 @@
   in-memory cache decoded once.
 - :func:`disable_datasets_extra_hosts` keeps ``datasets`` from contacting hosts other than ``HF_ENDPOINT``.
 - :func:`load_segmentation_data`, :class:`SegmentationDataset` and :class:`SegmentationTransform`: image / mask
-  pairs for semantic segmentation, with paired transforms.
+  pairs for semantic segmentation, with paired transforms; :func:`collate_masks` batches masks of several sizes.
 - :func:`make_synthetic_image_dataset` / :func:`write_image_folder` build tiny learnable datasets for smoke tests.
 """
 
@@ -19,8 +19,8 @@ from hubft.data._dataset import ImageClassificationDataset, preserve_global_rngs
 from hubft.data._hosts import disable_datasets_extra_hosts
 from hubft.data._sources import DataBundle, DataSource, DataSplit, load_data, load_split
 from hubft.data._streaming import load_stream
-from hubft.data._segmentation import (IGNORE_INDEX, SegmentationDataset, SegmentationTransform,
-                                      load_segmentation_data)
+from hubft.data._segmentation import (IGNORE_INDEX, OUTSIDE, SegmentationDataset, SegmentationTransform,
+                                      collate_masks, load_segmentation_data)
 from hubft.data._synthetic import make_synthetic_image_dataset, synthetic_class_names, write_image_folder
 from hubft.data._synthetic_segmentation import (SHAPE_CLASSES, make_synthetic_segmentation_dataset,
                                                 write_segmentation_folder)
@@ -28,9 +28,11 @@ from hubft.data._transforms import ImageTransform, create_transforms, to_rgb
 
 __all__ = [
     "IGNORE_INDEX",
+    "OUTSIDE",
     "SHAPE_CLASSES",
     "SegmentationDataset",
     "SegmentationTransform",
+    "collate_masks",
     "load_segmentation_data",
     "make_synthetic_segmentation_dataset",
     "write_segmentation_folder",

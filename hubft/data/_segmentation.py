@@ -22,10 +22,13 @@ from hubft.data._columns import find_image_column
 from hubft.data._sources import DataBundle, DataSource, _from_hub, pick_splits
 from hubft.errors import ConfigError, DataError
 
-__all__ = ["IGNORE_INDEX", "MASK_COLUMNS", "SegmentationDataset", "SegmentationTransform", "load_segmentation_data"]
+__all__ = ["IGNORE_INDEX", "MASK_COLUMNS", "OUTSIDE", "SegmentationDataset", "SegmentationTransform",
+           "collate_masks", "load_segmentation_data"]
 
 #: Mask value of pixels that count in no loss or metric.
 IGNORE_INDEX = 255
+#: Mask value of the padding :func:`collate_masks` adds below and right of a smaller mask (no pixel of any image).
+OUTSIDE = -1
 #: Mask columns tried, in order, when ``mask_column`` is not given (the column must hold images).
 MASK_COLUMNS = ("mask", "annotation", "label", "segmentation", "semantic_map")
 ID2LABEL = "id2label.json"
@@ -182,10 +185,11 @@ class SegmentationTransform:
     """Paired transform of a PIL image and its mask into a uint8 ``[3, H, W]`` image and an int64 ``[H, W]`` mask.
 
     Training: a random resized crop (``scale``, ``ratio``) to ``size`` and a horizontal flip with probability
-    ``hflip``, both drawn once for the pair, then colour jitter (``color_jitter``, image only). Evaluation: a
-    resize to ``size``. Masks are resampled nearest-neighbour, so they keep their class ids (and 255). Randomness
-    comes from torch's RNG (torchvision's v2 transforms). :meth:`normalize` turns a uint8 batch into the model's
-    input on its device.
+    ``hflip``, both drawn once for the pair, then colour jitter (``color_jitter``, image only); masks are resampled
+    nearest-neighbour, so they keep their class ids (and 255). Evaluation: the image is resized to ``size`` and the
+    mask kept at its own resolution, which evaluation scores at (see :func:`collate_masks`). Randomness comes from
+    torch's RNG (torchvision's v2 transforms). :meth:`normalize` turns a uint8 batch into the model's input on its
+    device.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, training: bool,
@@ -209,7 +213,7 @@ class SegmentationTransform:
 
         pixels = tv_tensors.Image(F.pil_to_tensor(image.convert("RGB")))
         labels = tv_tensors.Mask(torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy()))
-        pixels, labels = self._steps(pixels, labels)
+        pixels, labels = self._steps(pixels, labels) if self.training else (self._steps(pixels), labels)
         return pixels.as_subclass(torch.Tensor).contiguous(), labels.as_subclass(torch.Tensor).long()
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -261,3 +265,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(*self._pair(index))
+
+
+def collate_masks(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(image, mask)`` items whose masks may differ in size: images ``[B, 3, H, W]`` (one size) and masks
+    ``[B, H', W']`` padded below and right to the largest with :data:`OUTSIDE`, from which each mask's own size is
+    read back (``hubft.tasks.segmentation`` brings the logits to it)."""
+    images = torch.stack([image for image, _ in batch])
+    masks = [mask for _, mask in batch]
+    height, width = max(m.shape[0] for m in masks), max(m.shape[1] for m in masks)
+    out = torch.full((len(masks), height, width), OUTSIDE, dtype=torch.long)
+    for canvas, mask in zip(out, masks):
+        canvas[:mask.shape[0], :mask.shape[1]] = mask
+    return images, out

@@ -72,6 +72,9 @@ class Task:
             per-example statistics, gathered instead of the outputs (dense outputs are too large to hold for a
             split); :attr:`compute_metrics` then receives ``(statistics, None, label_names)`` and the eval loss
             is the mean of the batches'. None: outputs and targets are gathered whole.
+        eval_collate: The eval loader's ``collate_fn`` (targets of several sizes); None: torch's default.
+        eval_outputs: ``(outputs, targets) -> (outputs, targets)``: one eval batch's outputs brought to its
+            targets (masks at their own resolution), before the loss and :attr:`eval_statistics`; None: as they are.
         sample_plot: ``(model, eval_dataset, normalize, label_names, out_dir)``: draws a sample prediction into
             the run directory for the card (:data:`hubft.hub.card.SAMPLE_PLOTS` lists the file); None: no sample.
         loss_defaults: Options given to every registered loss (and component of a weighted mix) whose factory
@@ -100,6 +103,8 @@ class Task:
     load_data: Callable[..., Any] | None = None
     create_datasets: Callable[..., tuple[Any, Any, Any, Any]] | None = None
     eval_statistics: Callable[[Any, Any, int], Any] | None = None
+    eval_collate: Callable[[Any], Any] | None = None
+    eval_outputs: Callable[[Any, Any], tuple[Any, Any]] | None = None
     loss_defaults: tuple[tuple[str, Any], ...] = ()
     sample_plot: Callable[..., Any] | None = None
 

@@ -58,6 +58,9 @@ def plot_segmentation_sample(model, dataset, normalize, label_names: Sequence[st
     if len(dataset) == 0:
         return None
     image, mask = dataset[0]
+    # An eval mask keeps its own resolution: drawn over the model's input, it is resized like it (nearest).
+    mask = torch.nn.functional.interpolate(mask[None, None].float(), size=image.shape[-2:], mode="nearest")[0, 0]
+    mask = mask.long()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -5,8 +5,9 @@ The model is the backbone's multi-scale features and a light FPN decoder
 class-id masks ``[B, H, W]``. The losses are the class losses over dense outputs (``cross_entropy``, ``dice``,
 ``focal``, any weighted mix), each given ``ignore_index: 255`` unless the config says otherwise; the default is
 ``{cross_entropy: 1.0, dice: 1.0}``. Data comes from :func:`hubft.data.load_segmentation_data` through paired
-transforms; evaluation gathers one pixel confusion matrix per image, and the best epoch is the one with the
-highest mean IoU (conventions in :mod:`hubft.tasks._segmentation_metrics`).
+transforms; evaluation scores each image at its mask's own resolution (the logits upsampled to it), gathers one
+pixel confusion matrix per image, and the best epoch is the one with the highest mean IoU (conventions in
+:mod:`hubft.tasks._segmentation_metrics`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,32 @@ def _create_datasets(data: Any, bundle: Any, pretrained_cfg: dict) -> tuple[Any,
             SegmentationDataset(bundle.eval, eval_tf, *columns, split="eval"), train_tf.normalize, eval_tf.normalize)
 
 
+def _collate(batch: Any) -> Any:
+    from hubft.data import collate_masks
+
+    return collate_masks(batch)
+
+
+def _to_mask_resolution(outputs: Any, targets: Any) -> tuple[Any, Any]:
+    """Logits at the model's input size brought to each mask's own size (bilinear, as the decoder upsamples);
+    the padding :func:`~hubft.data.collate_masks` added is ignored."""
+    import torch.nn.functional as F
+
+    from hubft.data import OUTSIDE
+
+    outside = targets == OUTSIDE
+    if not outside.any():
+        if outputs.shape[-2:] == targets.shape[-2:]:
+            return outputs, targets
+        return F.interpolate(outputs, size=targets.shape[-2:], mode="bilinear", align_corners=False), targets
+    resized = outputs.new_zeros((*outputs.shape[:2], *targets.shape[-2:]))
+    for logits, inside, canvas in zip(outputs, ~outside, resized):
+        height, width = int(inside[:, 0].sum()), int(inside[0].sum())
+        canvas[:, :height, :width] = F.interpolate(logits[None], size=(height, width), mode="bilinear",
+                                                   align_corners=False)[0]
+    return resized, targets.masked_fill(outside, IGNORE_INDEX)
+
+
 def _statistics(outputs: Any, targets: Any, num_labels: int) -> Any:
     return confusion_matrices(outputs, targets, num_labels, IGNORE_INDEX)
 
@@ -96,6 +123,8 @@ SEMANTIC_SEGMENTATION = register_task(Task(
     load_data=_load_data,
     create_datasets=_create_datasets,
     eval_statistics=_statistics,
+    eval_collate=_collate,
+    eval_outputs=_to_mask_resolution,
     loss_defaults=(("ignore_index", IGNORE_INDEX),),
     sample_plot=_sample_plot,
 ))

@@ -28,6 +28,8 @@ def evaluate(parts: RunParts, model: torch.nn.Module) -> dict:
     outputs, targets = [], []
     for x, y in plain_worker_errors(parts.eval_loader):
         out = _forward(parts, model, x)
+        if parts.task.eval_outputs is not None:
+            out, y = parts.task.eval_outputs(out, y)
         out, y = acc.gather_for_metrics((out.float().contiguous(), y.contiguous()))
         outputs.append(out.cpu())
         targets.append(y.cpu())
@@ -58,8 +60,9 @@ def _evaluate_statistics(parts: RunParts, model: torch.nn.Module) -> dict:
     acc, task = parts.accelerator, parts.task
     statistics, losses = [], []
     for x, y in plain_worker_errors(parts.eval_loader):
-        out = _forward(parts, model, x)
-        out = out.float()
+        out = _forward(parts, model, x).float()
+        if task.eval_outputs is not None:
+            out, y = task.eval_outputs(out, y)
         statistics.append(acc.gather_for_metrics(task.eval_statistics(out, y, len(parts.data.label_names))).cpu())
         losses.append(parts.loss_fn(out, y).detach().reshape(1))
     metrics = task.compute_metrics(torch.cat(statistics), None, list(parts.data.label_names))

@@ -243,7 +243,7 @@ def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, d
     if task.create_datasets is not None:
         train_ds, eval_ds, train_normalize, eval_normalize = task.create_datasets(d, data, model.pretrained_cfg)
         return _loaders(config, model, device, num_processes, SeededDataset(train_ds), SeededDataset(eval_ds),
-                        train_normalize, eval_normalize)
+                        train_normalize, eval_normalize, eval_collate=task.eval_collate)
     aug = dict(auto_augment=d.auto_augment, re_prob=d.re_prob, re_mode=d.re_mode, color_jitter=d.color_jitter,
                hflip=d.hflip, scale=d.scale, ratio=d.ratio)
     train_tf = create_transforms(model.pretrained_cfg, image_size=d.image_size, training=True, **aug)
@@ -261,7 +261,7 @@ def create_loaders(config: FinetuneConfig, data: DataBundle, model: nn.Module, d
 
 
 def _loaders(config: FinetuneConfig, model: nn.Module, device: torch.device, num_processes: int, train_ds: Any,
-             eval_ds: SeededDataset, train_normalize: Any, eval_normalize: Any) -> Loaders:
+             eval_ds: SeededDataset, train_normalize: Any, eval_normalize: Any, eval_collate: Any = None) -> Loaders:
     from hubft.train.validation import check_no_batch_of_one
 
     d, t = config.data, config.train
@@ -273,7 +273,8 @@ def _loaders(config: FinetuneConfig, model: nn.Module, device: torch.device, num
     # so set_epoch still reaches them).
     loader_kw = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     eval_ = torch.utils.data.DataLoader(eval_ds, batch_size=t.eval_batch_size or t.batch_size,
-                                        sampler=EpochSampler(len(eval_ds), seed=t.seed, shuffle=False), **loader_kw)
+                                        sampler=EpochSampler(len(eval_ds), seed=t.seed, shuffle=False),
+                                        collate_fn=eval_collate, **loader_kw)
     if stream is not None:
         train = torch.utils.data.DataLoader(stream, batch_size=t.batch_size, **loader_kw)
         return Loaders(train, eval_, stream, train_normalize, eval_normalize, train_stream=stream)

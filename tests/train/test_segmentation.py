@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -77,6 +78,43 @@ def test_a_plain_vit_learns_masks(tmp_path, shapes):
     assert model.feature_indices and model.decoder.scales == (4.0, 2.0, 1.0, 0.5)  # a pyramid from one stride
 
 
+def _cropped(dataset: datasets.Dataset, width: int, height: int) -> datasets.Dataset:
+    return dataset.map(lambda row: {k: row[k].crop((0, 0, width, height)) for k in ("image", "mask")})
+
+
+def test_evaluation_scores_each_mask_at_its_own_resolution(tmp_path, shapes):
+    """Eval masks of three sizes (none the model's 32 px input, two in one batch) are scored at their own size:
+    the confusion matrix counts every non-ignored pixel of every mask, and equals an independent computation
+    (each image resized to the input, its logits upsampled to its mask, scikit-learn's confusion matrix)."""
+    from sklearn.metrics import confusion_matrix
+    from torchvision.transforms import v2
+
+    evaluation = datasets.concatenate_datasets([
+        _cropped(make_synthetic_segmentation_dataset(2, 48, seed=2), 48, 40),
+        _cropped(make_synthetic_segmentation_dataset(1, 40, seed=3), 24, 40),
+        make_synthetic_segmentation_dataset(2, 16, seed=4)])
+    out = tmp_path / "run"
+    hubft.finetune(_config(out, epochs=1, eval_batch_size=3),
+                   dataset=datasets.DatasetDict({"train": shapes["train"], "validation": evaluation}))
+    counted = torch.tensor(json.loads((out / "metrics.json").read_text())["final"]["confusion_matrix"])
+
+    model = hubft.from_pretrained(f"local-dir:{out}").eval()
+    mean, std = torch.tensor(model.pretrained_cfg["mean"]), torch.tensor(model.pretrained_cfg["std"])
+    truth, predicted = [], []
+    for row in evaluation:
+        mask = torch.from_numpy(np.asarray(row["mask"], dtype=np.int64))
+        pixels = v2.functional.resize(v2.functional.pil_to_tensor(row["image"]), [32, 32], antialias=True)
+        x = (pixels.float() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+        with torch.no_grad():
+            logits = torch.nn.functional.interpolate(model(x[None]), size=tuple(mask.shape), mode="bilinear")
+        keep = mask != 255
+        truth.append(mask[keep])
+        predicted.append(logits.argmax(1)[0][keep])
+    assert counted.sum() == sum(int(t.numel()) for t in truth) != 5 * 32 * 32
+    expected = confusion_matrix(torch.cat(truth), torch.cat(predicted), labels=range(len(SHAPE_CLASSES)))
+    assert (counted.numpy() == expected).all()
+
+
 def test_ignored_pixels_carry_no_gradient():
     from hubft.losses import create_loss, with_default_options
 
@@ -108,5 +146,4 @@ def test_two_processes_train_a_segmentation_model(tmp_path, free_port):
     # The confusion matrices gathered from both processes count every eval pixel once (none is ignored twice).
     masks = hubft.data.load_segmentation_data(path=str(data)).eval
     counted = sum(sum(row) for row in metrics["final"]["confusion_matrix"])
-    import numpy as np
     assert counted == sum(int((np.asarray(m) != 255).sum()) for m in masks["mask"])
