@@ -154,6 +154,11 @@ def frozen_parts(model: nn.Module) -> FrozenParts | None:
 
 
 def _unwrap_unwrapped(model: nn.Module, action: str) -> nn.Module:
+    from torch.distributed.fsdp import FSDPModule
+
+    # FSDP2 (fully_shard) keeps per-parameter DTensors and reads requires_grad at every unshard: it may be toggled.
+    if isinstance(model, FSDPModule):
+        return model
     if isinstance(model, nn.parallel.DistributedDataParallel) or type(model).__name__.startswith(
             ("FullyShardedDataParallel", "FSDP")):
         raise ModelError(f"cannot {action} a model already wrapped by {type(model).__name__}: it recorded which "

@@ -171,6 +171,26 @@ def test_sharded_training_trains_what_unsharded_training_on_the_joint_batch_trai
 
 
 @pytest.mark.slow
+def test_a_frozen_body_unfrozen_mid_run_trains_sharded_what_it_trains_unsharded(tmp_path, images, free_port):
+    """model.freeze + unfreeze_epoch under FSDP2: the body stays put in epoch 0 and trains from epoch 1 (FSDP2
+    reads each parameter's requires_grad when it unshards), as in an unsharded run on the joint batch."""
+    def frozen(out: Path, **train) -> dict:
+        config = _config(out, images, **train)
+        config["model"].update(freeze=True, unfreeze_epoch=1)
+        return config
+
+    sharded, plain = tmp_path / "sharded", tmp_path / "plain"
+    _finish(_recipe(_torchrun(free_port()), _write(tmp_path / "config.yaml", frozen(sharded, checkpoint_every=3))))
+    _finetune_in_process(frozen(plain, fsdp=False, batch_size=2 * BATCH, checkpoint_every=3))
+    _assert_same_run(sharded, plain)
+    # Not vacuous: the body moved far beyond the tolerance once unfrozen (a body left frozen, or trained in
+    # epoch 0, under FSDP would not match the plain run).
+    start = hubft.create_model("test_vit", label_names=["a", "b", "c", "d"], pretrained=False).state_dict()
+    final = load_file(str(sharded / "model.safetensors"))
+    assert float((final["blocks.0.attn.qkv.weight"] - start["blocks.0.attn.qkv.weight"]).abs().max()) > 1e-3
+
+
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_at_two_processes_bit_identical_and_at_one_within_tolerance(
         pushed, tmp_path, images, free_port_factory):
     killed = tmp_path / "killed"
