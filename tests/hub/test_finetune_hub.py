@@ -312,3 +312,34 @@ def test_hub_push_checkpoints_uploads_each_checkpoint_to_the_branch(e2e, hub, tm
     assert any(t.startswith("Checkpoint step-") for t in titles)
     newest = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step-"))[-1]
     assert hubft.download_checkpoint(f"hub:{e2e.out_repo}@auto-ckpt").name == newest
+
+
+def test_a_sharded_run_pushes_its_checkpoints_and_resumes_from_one_exactly(e2e, tmp_path, monkeypatch):
+    """train.fsdp checkpoints (torch distributed checkpoint files) go to the Hub branch like any other, and a run
+    resumed from the older one, in another output directory, ends bit-identical to the uninterrupted run."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    monkeypatch.setenv("HF_TOKEN", e2e.canary)
+    config = copy.deepcopy(e2e.config)
+    config["train"].update(output_dir=str(tmp_path / "run"), fsdp=True)
+    config["hub"].update(push=False, push_checkpoints=True, checkpoint_branch="fsdp-ckpt")
+    try:
+        hubft.finetune(config)
+    finally:
+        reset_process_state()
+    commits = e2e.api.list_repo_commits(e2e.out_repo, revision="fsdp-ckpt")
+    assert [c.title for c in commits[:2]] == ["Checkpoint step-00000002", "Checkpoint step-00000001"]
+    files = set(e2e.api.list_repo_files(e2e.out_repo, revision=commits[1].commit_id))
+    assert {f"checkpoints/step-00000001/sharded/{name}" for name in (".metadata", "__0_0.distcp")} <= files
+
+    config["train"].update(output_dir=str(tmp_path / "resumed"), resume=f"hub:{e2e.out_repo}@{commits[1].commit_id}")
+    config["hub"].update(push_checkpoints=False)
+    try:
+        hubft.finetune(config)
+    finally:
+        reset_process_state()
+    assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == \
+        (tmp_path / "run" / "model.safetensors").read_bytes()
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["type"] == "step"] == [2]  # it did resume: update 1 came from the Hub
