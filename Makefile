@@ -23,6 +23,7 @@ test-fast: install
 
 demo: install
 	$(PY) recipes/demo.py
+	$(PY) recipes/segmentation_tour.py
 
 # The quick set (a few minutes on 2 cores: one case per ratio, fewer repetitions); bench-full: every case.
 bench: install
@@ -35,5 +36,5 @@ bench-gpu: install
 	$(PY) bench/run.py --gpu
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-output bench/results
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-output segmentation-output bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -62,4 +62,6 @@ with LocalHub(OUT / "hub", port=port, user="tour") as hub:
     pulled = segmentation_metrics(torch.stack(masks), target, list(SHAPE_CLASSES))
     print(f"\nmean IoU on validation: {pulled['mean_iou']:.3f} (pulled model), "
           f"{result.final['mean_iou']:.3f} (the run's own evaluation)")
+    # Both score the masks at their own size: the pulled model reproduces the run's evaluation.
+    assert abs(pulled["mean_iou"] - result.final["mean_iou"]) < 1e-4, (pulled["mean_iou"], result.final["mean_iou"])
     print(f"model card: {hub.endpoint}/tour/shapes-seg (sample: {OUT / 'shapes-seg' / 'segmentation_sample.png'})")
