@@ -20,7 +20,7 @@ from hubft.data._hosts import disable_datasets_extra_hosts
 from hubft.data._sources import DataBundle, DataSource, DataSplit, load_data, load_split
 from hubft.data._streaming import load_stream
 from hubft.data._segmentation import (IGNORE_INDEX, OUTSIDE, SegmentationDataset, SegmentationTransform,
-                                      collate_masks, load_segmentation_data)
+                                      collate_masks, load_segmentation_data, load_segmentation_split)
 from hubft.data._synthetic import make_synthetic_image_dataset, synthetic_class_names, write_image_folder
 from hubft.data._synthetic_segmentation import (SHAPE_CLASSES, make_synthetic_segmentation_dataset,
                                                 write_segmentation_folder)
@@ -34,6 +34,7 @@ __all__ = [
     "SegmentationTransform",
     "collate_masks",
     "load_segmentation_data",
+    "load_segmentation_split",
     "make_synthetic_segmentation_dataset",
     "write_segmentation_folder",
     "DataBundle",

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from hubft.data._columns import find_image_column
-from hubft.data._sources import DataBundle, DataSource, _from_hub, pick_splits
+from hubft.data._sources import DataBundle, DataSource, DataSplit, _from_hub, pick_splits
 from hubft.errors import ConfigError, DataError
 
 __all__ = ["IGNORE_INDEX", "MASK_COLUMNS", "OUTSIDE", "SegmentationDataset", "SegmentationTransform",
-           "collate_masks", "load_segmentation_data"]
+           "collate_masks", "load_segmentation_data", "load_segmentation_split"]
 
 #: Mask value of pixels that count in no loss or metric.
 IGNORE_INDEX = 255
@@ -63,18 +63,7 @@ def load_segmentation_data(
             (neither ``label_names`` nor ``id2label.json``), or malformed ones.
         HubError: The Hub could not be reached.
     """
-    given = [k for k, v in (("name", name), ("path", path), ("dataset", dataset)) if v is not None]
-    if len(given) != 1:
-        raise ConfigError(f"pass exactly one of name, path or dataset (got {', '.join(given) or 'none'})",
-                          fix="data.name for a Hub dataset, data.path for a local folder")
-    revision_sha, kind, origin = None, "python", None
-    if path is not None:
-        loaded, kind, origin = _read_folder(Path(path).expanduser()), "segmentation-folder", str(path)
-    elif name is not None:
-        loaded, revision_sha = _from_hub(name, revision)
-        kind, origin = "hub", name
-    else:
-        loaded = dataset if isinstance(dataset, datasets.DatasetDict) else datasets.DatasetDict({train_split: dataset})
+    loaded, kind, origin, revision_sha = _read_source(name, path, dataset, revision, train_split)
     names = _label_names(label_names, path, name, revision_sha or revision)
     train_split, eval_split = pick_splits(list(loaded), train_split, eval_split)
     features = loaded[train_split].features
@@ -91,6 +80,64 @@ def load_segmentation_data(
                         eval_fraction=None if eval_split is not None else float(eval_fraction),
                         num_train=len(train), num_eval=len(evaluation))
     return DataBundle(train, evaluation, names, image_column, mask_column, False, source)
+
+
+def load_segmentation_split(
+    *,
+    name: str | None = None,
+    path: str | Path | None = None,
+    dataset: datasets.Dataset | datasets.DatasetDict | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    label_names: Sequence[str] | None = None,
+) -> DataSplit:
+    """One split of image / mask pairs, whole, for evaluating a trained model (``label_column`` is the mask column).
+
+    Sources and columns as :func:`load_segmentation_data`; the split is ``split``, by default the first of
+    ``validation``, ``valid``, ``val``, ``eval`` and ``test`` that exists, else ``train``. ``label_names`` (the
+    model's) name the mask's class ids when given, else the data's ``id2label.json``.
+
+    Raises:
+        ConfigError: Not exactly one source.
+        DataError: As :func:`load_segmentation_data`, or the split is missing (the splits are listed).
+        HubError: The Hub could not be reached.
+    """
+    from hubft.data._sources import EVAL_SPLIT_NAMES
+
+    loaded, kind, origin, revision_sha = _read_source(name, path, dataset, revision, split or "train")
+    available = list(loaded)
+    if split is None:
+        split = next((s for s in (*EVAL_SPLIT_NAMES, "test", "train") if s in available), available[0])
+    elif split not in available:
+        raise DataError(f"split {split!r} not found; the splits are: {available}",
+                        fix="pass one of those splits (--data.eval_split)")
+    names = _label_names(label_names, path, name, revision_sha or revision)
+    features = loaded[split].features
+    image_column = find_image_column(features, image_column)
+    mask_column = find_mask_column(features, mask_column, image_column)
+    data = _pairs(loaded[split], image_column, mask_column)
+    source = DataSource(kind=kind, dataset=origin, revision=revision, revision_sha=revision_sha, train_split=split,
+                        eval_split=split, eval_fraction=None, num_train=0, num_eval=len(data))
+    return DataSplit(data, image_column, mask_column, names, False, source)
+
+
+def _read_source(name: str | None, path: str | Path | None, dataset: Any, revision: str | None,
+                 default_split: str) -> tuple[datasets.DatasetDict, str, str | None, str | None]:
+    """The source as a ``DatasetDict``, with its kind, origin and the Hub commit read."""
+    given = [k for k, v in (("name", name), ("path", path), ("dataset", dataset)) if v is not None]
+    if len(given) != 1:
+        raise ConfigError(f"pass exactly one of name, path or dataset (got {', '.join(given) or 'none'})",
+                          fix="data.name for a Hub dataset, data.path for a local folder")
+    if path is not None:
+        return _read_folder(Path(path).expanduser()), "segmentation-folder", str(path), None
+    if name is not None:
+        loaded, revision_sha = _from_hub(name, revision)
+        return loaded, "hub", name, revision_sha
+    if isinstance(dataset, datasets.DatasetDict):
+        return dataset, "python", None, None
+    return datasets.DatasetDict({default_split: dataset}), "python", None, None
 
 
 def find_mask_column(features: datasets.Features, requested: str | None, image_column: str) -> str:

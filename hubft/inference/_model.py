@@ -45,7 +45,8 @@ class InferenceModel:
         if self.task.eval_statistics is not None:
             raise ConfigError(f"`hubft {command}` gives one result per image, but {self.spec!r} is a "
                               f"{self.task.name} model (one class per pixel)",
-                              fix="use hubft.inference.predict_masks and hubft.tasks.segmentation_metrics")
+                              fix="use hubft.inference.predict_masks in Python for its masks (hubft eval "
+                                  "scores it)")
 
     @property
     def fixed_input_size(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from hubft.errors import DataError, HubError
+from hubft.errors import ConfigError, DataError, HubError
 from hubft.files import atomic_write_text, make_dir
 from hubft.inference._model import InferenceModel, load_inference_model
 from hubft.inference._tta import parse_tta, run_with_tta
@@ -26,7 +26,8 @@ class EvalReport:
     Attributes:
         metrics: The task's metrics (for classification: accuracy, top5, f1_macro, per_class_accuracy,
             confusion_matrix, num_samples; multi-label: map, f1_micro, f1_macro, per_class_ap).
-        predictions: The predicted label index of every row, in the split's order (single-label).
+        predictions: The predicted label index of every row, in the split's order (single-label; empty for a
+            per-pixel task).
         dataset: Where the rows came from (a :class:`~hubft.data.DataSource` as a dict).
         model: The model's name.
         tta: The test-time augmentations used.
@@ -63,16 +64,32 @@ def evaluate_model(
     those classes, e.g. the ones the model was trained for. With ``output_dir``, writes ``metrics.json`` and
     (single-label) ``confusion_matrix.png``.
 
+    A semantic-segmentation model is scored on image / mask pairs (``label_column`` names the mask column, found
+    as in training otherwise; mask values are the model's class ids, 255 ignored) at each mask's own resolution,
+    with the metrics of its training run (mean IoU, per-class IoU, mean Dice, pixel accuracy); ``tta`` and
+    ``classes`` do not apply to it.
+
     Raises:
+        ConfigError: ``tta`` or ``classes`` for a segmentation model.
         DataError: The data has no label column, holds a label the model does not know, or has several labels per
-            image for a model that predicts one (or the other way round); as :func:`hubft.data.load_split`.
+            image for a model that predicts one (or the other way round); as :func:`hubft.data.load_split`. For a
+            segmentation model: no mask column, a mask of another size than its image or with a class id outside
+            the model's labels.
         ModelError: The model cannot be loaded.
     """
     from hubft.data import load_split
 
     modes = parse_tta(tta)
     loaded = model if isinstance(model, InferenceModel) else load_inference_model(model)
-    loaded.check_per_image("eval")
+    if loaded.task.eval_statistics is not None:
+        if modes or classes is not None:
+            raise ConfigError(f"{'--tta' if modes else '--data.classes'} does not apply to a {loaded.task.name} "
+                              "model", fix=f"leave {'--tta' if modes else '--data.classes'} out")
+        report = _evaluate_dense(loaded, dict(name=name, path=path, dataset=dataset, split=split, revision=revision,
+                                              image_column=image_column, mask_column=label_column), batch_size)
+        if output_dir is not None:
+            _write(report, loaded, Path(make_dir(output_dir, key="the eval output directory")))
+        return report
     split_data = load_split(name=name, path=path, dataset=dataset, split=split, revision=revision,
                             image_column=image_column, label_column=label_column)
     if classes is not None:
@@ -85,6 +102,30 @@ def evaluate_model(
     if output_dir is not None:
         _write(report, loaded, Path(make_dir(output_dir, key="the eval output directory")))
     return report
+
+
+@torch.no_grad()
+def _evaluate_dense(loaded: InferenceModel, source: dict, batch_size: int) -> EvalReport:
+    """A per-pixel task's metrics, as its training run's evaluation computes them: each image resized to the
+    model's input, its logits brought to its mask's own size, one confusion matrix per image, summed."""
+    from hubft.data import SegmentationDataset, SegmentationTransform, load_segmentation_split
+
+    names = list(loaded.label_names)
+    split = load_segmentation_split(label_names=names, **source)
+    cfg, task = loaded.model.pretrained_cfg, loaded.task
+    transform = SegmentationTransform(cfg["input_size"][-1], cfg.get("mean", (0.485, 0.456, 0.406)),
+                                      cfg.get("std", (0.229, 0.224, 0.225)), training=False)
+    items = SegmentationDataset(split.data, transform, split.image_column, split.label_column, len(names),
+                                split=split.source.eval_split)
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=task.eval_collate)
+    device = next(loaded.model.parameters()).device
+    statistics = []
+    for x, y in _progress(loader, "eval"):
+        out, y = task.eval_outputs(loaded.model(transform.normalize(x.to(device))).float(), y.to(device))
+        statistics.append(task.eval_statistics(out, y, len(names)).cpu())
+    metrics = task.compute_metrics(torch.cat(statistics), None, names)
+    metrics["num_samples"] = len(items)
+    return EvalReport(metrics, [], split.source.to_dict(), loaded.spec, (), task)
 
 
 def _targets(loaded: InferenceModel, split) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -68,8 +69,30 @@ def test_a_segmentation_model_is_pushed_and_pulled_with_identical_logits(hub, ap
     assert [m["type"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]][0] == "mean_iou"
     assert "segmentation_sample.png" in card.text and "segmentation_sample.png" in api.list_repo_files(out_repo)
 
+    # `hubft eval` scores the pulled model on the Hub dataset as predict_masks + the metrics would, and pushes the
+    # result into the card beside the run's own.
+    from hubft.cli import main
+    from hubft.tasks import segmentation_metrics
 
-def test_per_image_commands_refuse_a_segmentation_model(tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        from huggingface_hub import constants
+
+        mp.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+        mp.setenv("HF_TOKEN", hub.token)
+        assert main(["eval", f"hf-hub:{out_repo}", "--data.name", data_repo, "--data.eval_split", "train",
+                     "-o", str(tmp_path / "eval"), "--batch-size", "5", "--push"]) == 0
+    scored = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    target = torch.stack([torch.from_numpy(np.asarray(m, dtype=np.int64)) for m in shapes["mask"]])
+    expected = segmentation_metrics(torch.stack(predict_masks(f"hf-hub:{out_repo}", list(shapes["image"]))),
+                                    target, list(SHAPE_CLASSES))
+    assert scored["confusion_matrix"] == expected["confusion_matrix"] and scored["num_samples"] == 12
+    assert scored["mean_iou"] == pytest.approx(expected["mean_iou"])
+    results = ModelCard.load(out_repo, token=hub.token).data.eval_results
+    assert any(r.dataset_split == "train" and r.metric_type == "mean_iou" for r in results)
+    assert any(r.dataset_split != "train" and r.metric_type == "mean_iou" for r in results)  # the run's, kept
+
+
+def test_predict_refuses_a_segmentation_model_and_eval_refuses_what_does_not_apply_to_it(tmp_path):
     from hubft.errors import ConfigError
     from hubft.inference import evaluate_model, predict
     from hubft.models import create_segmentation_model
@@ -80,7 +103,9 @@ def test_per_image_commands_refuse_a_segmentation_model(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
-    for call in (lambda: evaluate_model(str(tmp_path), path=str(tmp_path)),
-                 lambda: predict(str(tmp_path), [str(tmp_path / "photo.png")])):
-        with pytest.raises(ConfigError, match="one class per pixel"):
-            call()
+    with pytest.raises(ConfigError, match="one class per pixel"):
+        predict(str(tmp_path), [str(tmp_path / "photo.png")])
+    with pytest.raises(ConfigError, match="--tta does not apply to a semantic-segmentation model"):
+        evaluate_model(str(tmp_path), path=str(tmp_path), tta="hflip")
+    with pytest.raises(ConfigError, match="--data.classes does not apply"):
+        evaluate_model(str(tmp_path), path=str(tmp_path), classes=["a"])

@@ -244,6 +244,14 @@ CASES = {
                                 ["<good_model>", "--data.path", "<images>"], "does not know", command="eval"),
     "eval-without-labels": Case("`hubft eval` on data without a label column",
                                 ["<good_model>", "--data.path", "<no_labels>"], "label column", command="eval"),
+    "eval-segmentation-tta": Case("`hubft eval --tta` of a segmentation model",
+                                  ["<seg_model>", "--data.path", "<seg_good>", "--tta", "hflip"],
+                                  "--tta does not apply to a semantic-segmentation model", command="eval"),
+    "eval-segmentation-unknown-class": Case("`hubft eval` of a segmentation model on masks with a class id it lacks",
+                                            ["<seg_model>", "--data.path", "<seg_good>"],
+                                            "but there are 2 classes", command="eval"),
+    "predict-segmentation": Case("`hubft predict` of a segmentation model (one class per pixel)",
+                                 ["<seg_model>", "<images>"], "one class per pixel", command="predict"),
     "predict-undecodable": Case("`hubft predict` of an image file that does not decode",
                                 ["<good_model>", "<bad_image>"], "cannot decode the image", command="predict"),
     "predict-nothing-there": Case("`hubft predict` of a path that does not exist", ["<good_model>", "<missing>"],
@@ -339,6 +347,11 @@ def _segmentation_inputs(root: Path) -> None:
     Image.new("L", (16, 16), 9).save(root / "seg_bad_class" / "train" / "masks" / "003.png")
     (root / "seg_no_id2label" / "id2label.json").unlink()
     (root / "seg_no_mask" / "train" / "masks" / "001.png").unlink()
+    from hubft.models import create_segmentation_model, save_pretrained
+
+    model = create_segmentation_model("resnet10t", label_names=["background", "circle"], pretrained=False)
+    model.hubft_task = {"name": "semantic-segmentation", "multi_label": False}  # as a run records it
+    save_pretrained(model, root / "seg_model")  # 2 classes: the shapes' masks hold ids up to 3
 
 
 def _copy_run(src: Path, dst: Path) -> None:
