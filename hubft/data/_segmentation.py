@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hubft.data._columns import find_image_column
-from hubft.data._sources import DataBundle, DataSource, DataSplit, _from_hub, pick_splits
+from hubft.data._sources import DataBundle, DataSource, DataSplit, _from_hub, choose_split, pick_splits
 from hubft.errors import ConfigError, DataError
 
 __all__ = ["IGNORE_INDEX", "MASK_COLUMNS", "OUTSIDE", "SegmentationDataset", "SegmentationTransform",
@@ -104,15 +104,8 @@ def load_segmentation_split(
         DataError: As :func:`load_segmentation_data`, or the split is missing (the splits are listed).
         HubError: The Hub could not be reached.
     """
-    from hubft.data._sources import EVAL_SPLIT_NAMES
-
     loaded, kind, origin, revision_sha = _read_source(name, path, dataset, revision, split or "train")
-    available = list(loaded)
-    if split is None:
-        split = next((s for s in (*EVAL_SPLIT_NAMES, "test", "train") if s in available), available[0])
-    elif split not in available:
-        raise DataError(f"split {split!r} not found; the splits are: {available}",
-                        fix="pass one of those splits (--data.eval_split)")
+    split = choose_split(list(loaded), split)
     names = _label_names(label_names, path, name, revision_sha or revision)
     features = loaded[split].features
     image_column = find_image_column(features, image_column)

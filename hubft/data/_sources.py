@@ -201,6 +201,21 @@ def pick_splits(available: Sequence[str], train_split: str, eval_split: str | No
     return train_split, eval_split
 
 
+def choose_split(available: Sequence[str], split: str | None) -> str:
+    """The split to evaluate: ``split``, else the first of ``validation``, ``valid``, ``val``, ``eval``, ``test``
+    and ``train`` that exists (else the first split).
+
+    Raises:
+        DataError: ``split`` is not one of ``available`` (they are listed).
+    """
+    if split is None:
+        return next((s for s in (*EVAL_SPLIT_NAMES, "test", "train") if s in available), available[0])
+    if split not in available:
+        raise DataError(f"split {split!r} not found; the splits are: {list(available)}",
+                        fix="pass one of those splits (--data.eval_split)")
+    return split
+
+
 def _check_not_empty(split: str, dataset: datasets.Dataset, after: str) -> None:
     if len(dataset) == 0:
         raise DataError(f"split {split!r} is empty{after}",
@@ -375,12 +390,7 @@ def load_split(
     """
     _check_options(name, path, dataset, revision, 0.2, None, 0)
     loaded, kind, origin, revision_sha, base_dir = _read_source(name, path, dataset, revision, split or "train")
-    available = list(loaded)
-    if split is None:
-        split = next((s for s in (*EVAL_SPLIT_NAMES, "test", "train") if s in available), available[0])
-    elif split not in available:
-        raise DataError(f"split {split!r} not found; the splits are: {available}",
-                        fix="pass one of those splits (--data.eval_split)")
+    split = choose_split(list(loaded), split)
     data = loaded[split]
     image_column = find_image_column(data.features, image_column)
     columns = [image_column]
