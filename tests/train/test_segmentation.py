@@ -118,6 +118,7 @@ def test_an_adapter_run_loads_back_from_its_directory_and_the_hub_and_merges(hub
     from huggingface_hub import ModelCard
 
     from hubft.cli import main
+    from hubft.inference import predict_masks
     from hubft.models import SegmentationModel, adapter_base, create_segmentation_model, is_adapter_model
 
     send_hf_token(hub.token)
@@ -151,6 +152,9 @@ def test_an_adapter_run_loads_back_from_its_directory_and_the_hub_and_merges(hub
         loaded = load(where)
         assert is_adapter_model(loaded) and isinstance(adapter_base(loaded), SegmentationModel)
         assert torch.equal(logits(loaded), trained), where
+    image = shapes["validation"][0]["image"]
+    masks = [predict_masks(model, [image])[0] for model in (f"hf-hub:{repo_id}", ft.parts.unwrapped_model)]
+    assert torch.equal(*masks)
     card = ModelCard.load(repo_id)  # no timm + peft snippet: timm alone does not build the decoder
     assert "PeftModel.from_pretrained(base" not in card.text and f'from_pretrained("hf-hub:{repo_id}")' in card.text
 
