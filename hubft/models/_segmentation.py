@@ -180,7 +180,9 @@ def _check_segmentation_adapter(files: SourceFiles) -> None:
     from hubft.models._adapters import read_adapter_record
 
     _, record = read_adapter_record(files.config, files.where)
-    if not isinstance(record.get(DECODER_KEY), dict):
+    # An older hubft's segmentation adapter has no decoder record: load_adapter says so.
+    older = (record.get("pretrained_cfg") or {}).get("classifier") == DECODER_KEY
+    if not isinstance(record.get(DECODER_KEY), dict) and not older:
         raise ModelError(f"{files.where} is a classifier's adapter, not a segmentation model's",
                          fix="merge it first (hubft merge), then build the segmentation model on the merged model")
 

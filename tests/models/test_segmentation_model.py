@@ -121,8 +121,9 @@ def test_a_segmentation_adapter_that_cannot_be_rebuilt_as_trained_is_refused(res
         hubft.from_pretrained(f"local-dir:{tmp_path / 'adapter'}")
     del config["auto_mapping"]["hubft"]["decoder"]  # as an older hubft saved it
     config_file.write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="does not record its decoder"):
-        hubft.from_pretrained(f"local-dir:{tmp_path / 'adapter'}")
+    for load in (hubft.from_pretrained, create_segmentation_model):
+        with pytest.raises(ModelError, match="does not record its decoder"):
+            load(f"local-dir:{tmp_path / 'adapter'}")
 
     classifier = add_adapter(hubft.create_model(f"local-dir:{resnet_source}", label_names=LABELS), "lora", r=2)
     hubft.save_pretrained(classifier, tmp_path / "classifier")
