@@ -169,7 +169,8 @@ class ModelConfig:
     adapter: Optional[str] = _f(
         None, "Train low-rank adapters (peft) instead of the backbone: lora, dora, or null (train the backbone). "
         "The new head is trained fully; the rest is frozen, BatchNorm statistics included. The run writes an adapter "
-        "(adapter_model.safetensors + adapter_config.json) that loads on its base model with peft alone. Needs "
+        "(adapter_model.safetensors + adapter_config.json) that loads on its base model with peft alone (a "
+        "segmentation adapter, whose base has hubft's decoder, with hubft.from_pretrained). Needs "
         "model.pretrained; refuses model.freeze (the adapter already freezes the body).",
         rule=Rule("null, lora or dora", lambda v: v is None or v in ADAPTERS))
     adapter_options: dict = _f(

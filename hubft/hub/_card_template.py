@@ -18,8 +18,9 @@ MODEL_CARD_TEMPLATE = """\
 ## How to use
 {% if adapter_kind %}
 This repo holds a `{{ adapter_kind }}` adapter (peft) for {{ base_label }}, not a whole model:
-`adapter_model.safetensors` holds the adapter weights and the new head, `adapter_config.json` names the backbone.
-
+`adapter_model.safetensors` holds the adapter weights and the {{ "new head" if peft_alone else "decoder, trained \
+fully" }}, `adapter_config.json` names the backbone.
+{% if peft_alone %}
 With timm and peft alone:
 
 ```python
@@ -29,6 +30,7 @@ from peft import PeftModel
 base = timm.create_model("{{ base_timm }}", pretrained=True, num_classes={{ labels | length }})
 model = PeftModel.from_pretrained(base, "{{ repo_id }}").eval()
 ```
+{% endif %}
 
 With hubft, which builds the backbone itself (the labels are in `model.label_names`):
 

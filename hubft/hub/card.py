@@ -103,7 +103,7 @@ def _read_run(output_dir: str | os.PathLike) -> _Run:
     if not model and peft:
         record = (peft.get("auto_mapping") or {}).get("hubft") or {}
         model = {"architecture": record.get("architecture"), "label_names": record.get("label_names"),
-                 "hubft": {k: record.get(k) for k in ("source", "task", "adapter")}}
+                 "hubft": {k: record.get(k) for k in ("source", "task", "adapter", "decoder")}}
     return _Run(root, model, read("metrics.json", json.loads), read("config.yaml", _safe_yaml), peft)
 
 
@@ -381,8 +381,10 @@ def _usage(run: _Run) -> dict:
         timm_name = f"local-dir:{local_name(base.get('path'))}"
     else:
         timm_name = base.get("source") or run.model.get("architecture") or "<backbone>"
+    # A segmentation adapter goes on a backbone plus hubft's decoder, which timm alone does not build.
+    peft_alone = not (run.model.get("hubft") or {}).get("decoder")
     return {"adapter_kind": run.adapter.get("kind") or "LoRA", "base_timm": timm_name,
-            "base_label": _base_label(base, run.model)}
+            "base_label": _base_label(base, run.model), "peft_alone": peft_alone}
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,7 +1,8 @@
 """``hubft merge``: an adapter folded into its backbone, written as a plain timm model directory.
 
 The result is what a full fine-tune writes (``model.safetensors`` + timm's ``config.json``, and the card), so timm,
-transformers and every hubft command load it without peft. The adapter's run files (its config, metrics and plots)
+transformers and every hubft command load it without peft (a segmentation adapter gives a segmentation model, which
+``hubft.from_pretrained`` loads). The adapter's run files (its config, metrics and plots)
 come along when the adapter has them, so the merged model's card shows the same results.
 """
 

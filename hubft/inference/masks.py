@@ -22,8 +22,8 @@ def predict_masks(model: Any, images: Sequence[Any], *, image_size: int | None =
     with the model's own mean / std; the logits are resized back (bilinear) before the arg-max.
 
     Args:
-        model: A segmentation model, or any name :func:`hubft.from_pretrained` takes (``hf-hub:owner/name``,
-            ``local-dir:PATH``, a run directory).
+        model: A segmentation model (a segmentation adapter too), or any name :func:`hubft.from_pretrained` takes
+            (``hf-hub:owner/name``, ``local-dir:PATH``, a run directory).
         images: PIL images (any mode; converted to RGB).
 
     Raises:
@@ -34,12 +34,12 @@ def predict_masks(model: Any, images: Sequence[Any], *, image_size: int | None =
     """
     from torchvision.transforms.v2 import functional as F
 
-    from hubft.models import SegmentationModel, from_pretrained
+    from hubft.models import SegmentationModel, adapter_base, from_pretrained
 
     if isinstance(model, (str, os.PathLike)):
         text = os.fspath(model)
         model = from_pretrained(f"local-dir:{text}" if ":" not in text and os.path.isdir(text) else text)
-    if not isinstance(model, SegmentationModel):
+    if not isinstance(adapter_base(model), SegmentationModel):
         raise ModelError(f"predict_masks needs a segmentation model, got {type(model).__name__}",
                          fix="train one with model.task: semantic-segmentation, or use hubft.predict for classifiers")
     cfg = model.pretrained_cfg

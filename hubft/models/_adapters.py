@@ -12,9 +12,10 @@ about the backbone and wraps the model with ``peft.get_peft_model``:
 An adapter directory (:func:`save_adapter`) is what ``PeftModel.save_pretrained`` writes, ``adapter_config.json`` +
 ``adapter_model.safetensors``, with ``base_model_name_or_path`` set to the backbone's Hub id (else its timm name, or
 a local path) and ``revision`` to the base commit. hubft's own record (labels, task, preprocessing, the base's
-source) rides in ``auto_mapping["hubft"]``: peft writes ``auto_mapping`` for models outside transformers and reads
-only its own two keys, whereas a new top-level key makes every ``PeftModel.from_pretrained`` warn that peft should
-be upgraded.
+source, and for a :class:`~hubft.models.SegmentationModel` its ``decoder`` record) rides in ``auto_mapping["hubft"]``:
+peft writes ``auto_mapping`` for models outside transformers and reads only its own two keys, whereas a new top-level
+key makes every ``PeftModel.from_pretrained`` warn that peft should be upgraded. A segmentation adapter's decoder is
+its head (``modules_to_save``), saved whole; :func:`load_adapter` rebuilds the segmentation model from the record.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from hubft.files import atomic_write, atomic_write_text
 from hubft.models._adapter_targets import TargetFamily, default_targets, describe_candidates, target_pattern
 from hubft.models._freeze import freeze, unfreeze
 from hubft.models._head import head_module_names
+from hubft.models._segmentation import DECODER_KEY, SegmentationModel
 from hubft.models._weights import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
 if TYPE_CHECKING:
@@ -133,7 +135,8 @@ def add_adapter(model: nn.Module, adapter: str = "lora", **options: Any) -> nn.M
     as peft initialises them (``lora_B`` zero), so the wrapped model computes what the model computed.
 
     Args:
-        model: A timm classifier, e.g. from :func:`hubft.create_model` (not wrapped for DDP, not frozen).
+        model: A timm classifier, e.g. from :func:`hubft.create_model`, or a segmentation model (its decoder is the
+            head) (not wrapped for DDP, not frozen).
         adapter: ``"lora"``, or ``"dora"`` (LoRA with DoRA's magnitude vectors).
         **options: ``peft.LoraConfig`` options (see :func:`lora_config`). Without ``target_modules`` the targets
             are the model family's (:func:`~hubft.models._adapter_targets.default_targets`); ``modules_to_save``
@@ -256,6 +259,7 @@ def _config_record(base: nn.Module) -> dict:
         "num_classes": base.num_classes, "label_names": list(labels) if labels else None, "pretrained_cfg": cfg,
         "source": _original_source(base), "task": getattr(base, "hubft_task", None),
         "adapter": getattr(base, "hubft_adapter", None),
+        **({DECODER_KEY: base.decoder_record()} if isinstance(base, SegmentationModel) else {}),
     }, default=str))
 
 
@@ -325,13 +329,16 @@ def load_adapter(spec: ModelSource, files: SourceFiles, *, num_classes: int | No
     """The model an adapter directory or repo holds: its backbone built by :func:`create_model` from the record's
     source (pinned to the recorded commit for a Hub backbone), then ``PeftModel.from_pretrained`` on top, eval-ready.
 
+    A segmentation adapter (its record has a ``decoder``) is loaded on a segmentation model instead:
+    :func:`~hubft.models.create_segmentation_model` on the recorded source, with a decoder of the recorded shape,
+    whose weights are then the adapter's (the decoder is saved whole in it, as peft's ``modules_to_save``).
+
     Raises:
         ConfigError: Other labels were asked for (an adapter keeps its head).
-        ModelError: The adapter was not written by hubft, or its backbone cannot be loaded here (named).
+        ModelError: The adapter was not written by hubft, its backbone cannot be loaded here (named), or the
+            segmentation model built from it has another decoder than the one the adapter was trained with.
     """
     from peft import PeftModel
-
-    from hubft.models._factory import create_model
 
     _, record = read_adapter_record(files.config, files.where)
     labels = record.get("label_names")
@@ -339,17 +346,12 @@ def load_adapter(spec: ModelSource, files: SourceFiles, *, num_classes: int | No
         raise ConfigError(f"{files.where} is an adapter whose head has {record['num_classes']} outputs "
                           f"({labels}); it cannot take other labels",
                           fix="merge it first (hubft merge), then fine-tune the merged model for the new labels")
-    base_spec, revision = _base_spec(record["source"])
-    try:
-        base = create_model(base_spec, revision=revision, label_names=labels, num_classes=record["num_classes"],
-                            pretrained=True, head_init_seed=0, cache_dir=cache_dir, **timm_kwargs)
-    except HubftError as err:
-        raise ModelError(f"the backbone of the adapter in {files.where}, {base_spec!r}, cannot be loaded here: "
-                         f"{one_line(err)}", fix="make the backbone reachable (a Hub repo, or the same local "
-                         "directory), or load the adapter with peft on a copy of it") from None
+    base = _build_base(record, files.where, cache_dir, timm_kwargs)
     model = PeftModel.from_pretrained(base, str(files.config.parent))
-    base.pretrained_cfg = base.default_cfg = {k: tuple(v) if isinstance(v, list) else v
-                                              for k, v in record["pretrained_cfg"].items()}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in record["pretrained_cfg"].items()}
+    base.pretrained_cfg = cfg
+    if not isinstance(base, SegmentationModel):  # whose default_cfg is its pretrained_cfg
+        base.default_cfg = cfg
     base.hubft_task, base.hubft_adapter = record.get("task"), record.get("adapter")
     base.hubft_source = {"source": spec.spec, "kind": spec.kind, "adapter": True, "repo_id": spec.repo_id,
                          "revision": files.commit_sha, "requested_revision": spec.revision,
@@ -357,8 +359,46 @@ def load_adapter(spec: ModelSource, files: SourceFiles, *, num_classes: int | No
     return model.eval()
 
 
+def _build_base(record: dict, where: str, cache_dir: str | None, timm_kwargs: dict[str, Any]) -> nn.Module:
+    """The model the adapter goes on: the recorded backbone with a head (or decoder) for the recorded labels.
+
+    Raises:
+        ModelError: The backbone cannot be loaded here, or a segmentation model's decoder is not the recorded one.
+    """
+    from hubft.models._factory import create_model
+    from hubft.models._segmentation import create_segmentation_model
+
+    base_spec, revision = _base_spec(record["source"])
+    decoder = record.get(DECODER_KEY)
+    labels, classes = record.get("label_names"), record["num_classes"]
+    if decoder is None and record["pretrained_cfg"].get("classifier") == DECODER_KEY:
+        raise ModelError(f"the segmentation adapter in {where} does not record its decoder (an older hubft saved "
+                         "it), so its segmentation model cannot be rebuilt", fix="train it again with this hubft")
+    try:
+        if decoder is None:
+            return create_model(base_spec, revision=revision, label_names=labels, num_classes=classes,
+                                pretrained=True, head_init_seed=0, cache_dir=cache_dir, **timm_kwargs)
+        base = create_segmentation_model(base_spec, revision=revision, label_names=labels, num_classes=classes,
+                                         pretrained=True, head_init_seed=0, decoder_channels=decoder["channels"],
+                                         cache_dir=cache_dir, **timm_kwargs)
+    except HubftError as err:
+        raise ModelError(f"the backbone of the adapter in {where}, {base_spec!r}, cannot be loaded here: "
+                         f"{one_line(err)}", fix="make the backbone reachable (a Hub repo, or the same local "
+                         "directory), or load the adapter with peft on a copy of it") from None
+    built = json.loads(json.dumps(base.decoder_record()))
+    differ = sorted(k for k in ("name", "channels", "feature_indices", "scales", "num_classes")
+                    if built.get(k) != decoder.get(k))
+    if differ:
+        raise ModelError(f"the adapter in {where} was trained with a decoder of "
+                         f"{', '.join(f'{k} {decoder.get(k)}' for k in differ)}, but {base_spec!r} now gives "
+                         f"{', '.join(f'{k} {built.get(k)}' for k in differ)}",
+                         fix="load it on the backbone it was trained on (the same source and revision)")
+    return base
+
+
 def merge_adapter(model: nn.Module) -> nn.Module:
-    """Merge a peft model's adapters into its backbone and return the plain timm model.
+    """Merge a peft model's adapters into its backbone and return the plain model (a timm classifier, or a
+    segmentation model with its trained decoder).
 
     The trained head replaces the original one, the adapter layers are folded into the weights they adapt
     (``merge_and_unload``), and the model is unfrozen. It keeps its labels, task and preprocessing; its

@@ -55,9 +55,9 @@ def create_model(
     read by hubft (safetensors only; pickle files are refused); weights of timm pretrained tags are loaded by
     timm, which has per-model converters for them. A source holding a peft adapter (``adapter_config.json``, as
     an adapter run writes) is loaded on top of its backbone, which is built from the source the adapter records
-    (see :func:`~hubft.models._adapters.load_adapter`); it keeps its head. A saved segmentation model (a
-    ``hubft.decoder`` block in ``config.json``) is rebuilt whole, backbone and decoder (see
-    :func:`~hubft.models._segmentation.load_segmentation_model`). Otherwise, the head:
+    (see :func:`~hubft.models._adapters.load_adapter`; a segmentation adapter on its backbone and decoder); it keeps
+    its head. A saved segmentation model (a ``hubft.decoder`` block in ``config.json``) is rebuilt whole, backbone
+    and decoder (see :func:`~hubft.models._segmentation.load_segmentation_model`). Otherwise, the head:
 
     * kept, when the source already has these labels: ``label_names`` equal to the source's, or only
       ``num_classes`` given and equal to the source's, or neither given (continued fine-tuning);

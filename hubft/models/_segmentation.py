@@ -141,12 +141,15 @@ def create_segmentation_model(
     """A segmentation model: ``source``'s backbone (loaded strictly, its classifier dropped) and a fresh decoder.
 
     ``source`` is anything :func:`~hubft.models.create_model` takes. A saved segmentation model is rebuilt whole,
-    keeping its decoder when the labels are its own, else with a fresh last layer for ``label_names``.
-    ``head_init_seed`` makes the decoder's initialisation identical across runs without touching the global RNG.
+    keeping its decoder when the labels are its own, else with a fresh last layer for ``label_names``; a saved
+    segmentation adapter is loaded on its backbone and decoder (:func:`~hubft.models._adapters.load_adapter`), with
+    its own labels only. ``head_init_seed`` makes the decoder's initialisation identical across runs without
+    touching the global RNG.
 
     Raises:
-        ConfigError: Neither ``label_names`` nor ``num_classes``, or they disagree; as ``create_model`` otherwise.
-        ModelError: The backbone has no multi-scale features.
+        ConfigError: Neither ``label_names`` nor ``num_classes``, or they disagree; other labels for an adapter; as
+            ``create_model`` otherwise.
+        ModelError: The backbone has no multi-scale features; ``source`` is a classifier's adapter.
     """
     from hubft.models._factory import create_model
     from hubft.models._labels import resolve_labels
@@ -154,7 +157,11 @@ def create_segmentation_model(
     spec = parse_source(source, revision=revision)
     if spec.kind != "timm":
         files = fetch_source_files(spec, weights=False, cache_dir=timm_kwargs.get("cache_dir"))
-        if not files.adapter and is_segmentation_config(read_config(files)):
+        if files.adapter:
+            _check_segmentation_adapter(files)
+            return create_model(source, revision=revision, label_names=label_names, num_classes=num_classes,
+                                pretrained=pretrained, **timm_kwargs)
+        if is_segmentation_config(read_config(files)):
             return create_model(source, revision=revision, label_names=label_names, num_classes=num_classes,
                                 pretrained=pretrained, head_init_seed=head_init_seed, **timm_kwargs)
     classes, names = resolve_labels(num_classes, label_names)
@@ -166,6 +173,18 @@ def create_segmentation_model(
         model = SegmentationModel(encoder, indices, scales, classes, decoder_channels, names)
     model.hubft_source = {**encoder.hubft_source, "head_reset": True, "head_init_seed": head_init_seed}
     return model
+
+
+def _check_segmentation_adapter(files: SourceFiles) -> None:
+    """Refuse a classifier's adapter, whose backbone only exists with the adapter merged into it."""
+    from hubft.models._adapters import read_adapter_record
+
+    _, record = read_adapter_record(files.config, files.where)
+    # An older hubft's segmentation adapter has no decoder record: load_adapter says so.
+    older = (record.get("pretrained_cfg") or {}).get("classifier") == DECODER_KEY
+    if not isinstance(record.get(DECODER_KEY), dict) and not older:
+        raise ModelError(f"{files.where} is a classifier's adapter, not a segmentation model's",
+                         fix="merge it first (hubft merge), then build the segmentation model on the merged model")
 
 
 def is_segmentation_config(config: SourceConfig) -> bool:

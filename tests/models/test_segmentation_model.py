@@ -1,14 +1,17 @@
 """Segmentation models: backbone features + FPN decoder for CNNs and plain ViTs, saved and rebuilt bit for bit,
-the backbone loaded strictly from a classifier, and LoRA on the encoder with the decoder trained in full."""
+the backbone loaded strictly from a classifier, and LoRA on the encoder with the decoder trained in full, saved as an
+adapter that loads back bit for bit and merges into a plain segmentation model."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 import hubft
-from hubft.errors import WeightsError
-from hubft.models import SegmentationModel, add_adapter, create_segmentation_model
+from hubft.errors import ConfigError, ModelError, WeightsError
+from hubft.models import SegmentationModel, adapter_base, add_adapter, create_segmentation_model, is_adapter_model
 
 LABELS = ["bg", "a", "b"]
 
@@ -52,3 +55,77 @@ def test_lora_adapts_the_encoder_and_trains_the_decoder_fully():
     assert trainable and all("lora_" in n or ".decoder." in n for n in trainable)
     assert any(".decoder." in n for n in trainable) and any("encoder.blocks" in n for n in trainable)
     assert adapted(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def resnet_source(tmp_path_factory):
+    """A saved resnet10t classifier, the "pretrained" backbone of the segmentation adapters below."""
+    path = tmp_path_factory.mktemp("resnet-source")
+    torch.manual_seed(1)
+    hubft.save_pretrained(hubft.create_model("resnet10t", label_names=["x", "y"], pretrained=False), path)
+    return path
+
+
+def _trained_segmentation(source, adapter: str = "lora") -> torch.nn.Module:
+    """A segmentation adapter model whose adapters and decoder moved away from their initial values."""
+    model = create_segmentation_model(f"local-dir:{source}", label_names=LABELS, head_init_seed=0)
+    model = add_adapter(model, adapter, r=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    return model.eval()
+
+
+@pytest.mark.parametrize("adapter", ["lora", "dora"])
+def test_a_segmentation_adapter_loads_back_bit_for_bit_and_merges_into_a_segmentation_model(resnet_source, tmp_path,
+                                                                                           adapter):
+    from safetensors.torch import load_file
+
+    from hubft.hub.merge import merge_adapter_dir
+
+    model = _trained_segmentation(resnet_source, adapter)
+    hubft.save_pretrained(model, tmp_path / "adapter")
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any(".decoder." in k for k in weights) and all(".lora_" in k or ".decoder." in k for k in weights)
+    record = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["auto_mapping"]["hubft"]
+    assert record["decoder"] == json.loads(json.dumps(model.get_base_model().decoder_record()))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        for load in (hubft.from_pretrained, hubft.create_model, create_segmentation_model):
+            loaded = load(f"local-dir:{tmp_path / 'adapter'}")
+            assert is_adapter_model(loaded) and isinstance(adapter_base(loaded), SegmentationModel)
+            assert loaded.label_names == LABELS and torch.equal(loaded(x), expected)
+
+    report = merge_adapter_dir(tmp_path / "adapter", tmp_path / "merged")
+    merged = hubft.from_pretrained(f"local-dir:{report.path}").eval()
+    assert isinstance(merged, SegmentationModel) and not is_adapter_model(merged) and merged.label_names == LABELS
+    with torch.no_grad():
+        # Folding B @ A into W reorders fp32 sums: logits of size ~1 move by about 1e-7, far below 1e-5.
+        torch.testing.assert_close(merged(x), expected, atol=1e-5, rtol=0)
+    saved = json.loads((report.path / "config.json").read_text())["hubft"]
+    assert saved["adapter"]["merged"] is True and saved["source"]["path"] == str(resnet_source)
+
+
+def test_a_segmentation_adapter_that_cannot_be_rebuilt_as_trained_is_refused(resnet_source, tmp_path):
+    hubft.save_pretrained(_trained_segmentation(resnet_source), tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    with pytest.raises(ConfigError, match="it cannot take other labels"):
+        create_segmentation_model(f"local-dir:{tmp_path / 'adapter'}", label_names=["x", "y"])
+    config = json.loads(config_file.read_text())
+    config["auto_mapping"]["hubft"]["decoder"]["feature_indices"] = [2, 3, 4]
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"trained with a decoder of feature_indices \[2, 3, 4\], but .* now "
+                                         r"gives feature_indices \[1, 2, 3, 4\]\. Fix: load it on the backbone"):
+        hubft.from_pretrained(f"local-dir:{tmp_path / 'adapter'}")
+    del config["auto_mapping"]["hubft"]["decoder"]  # as an older hubft saved it
+    config_file.write_text(json.dumps(config))
+    for load in (hubft.from_pretrained, create_segmentation_model):
+        with pytest.raises(ModelError, match="does not record its decoder"):
+            load(f"local-dir:{tmp_path / 'adapter'}")
+
+    classifier = add_adapter(hubft.create_model(f"local-dir:{resnet_source}", label_names=LABELS), "lora", r=2)
+    hubft.save_pretrained(classifier, tmp_path / "classifier")
+    with pytest.raises(ModelError, match="is a classifier's adapter, not a segmentation model's"):
+        create_segmentation_model(f"local-dir:{tmp_path / 'classifier'}", label_names=LABELS)

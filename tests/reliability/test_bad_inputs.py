@@ -193,6 +193,16 @@ CASES = {
                                           "there is no adapter to merge"),
     "merge-a-full-model": Case("`hubft merge` of a full model", ["<good_model>", "<run>/merged"],
                                "holds a full model", command="merge"),
+    "merge-segmentation-adapter-other-decoder": Case(
+        "`hubft merge` of a segmentation adapter whose backbone now gives another decoder",
+        ["<seg_adapter_other_decoder>", "<run>/merged"], "trained with a decoder of feature_indices", command="merge"),
+    "merge-segmentation-adapter-without-decoder": Case(
+        "`hubft merge` of a segmentation adapter that does not record its decoder (an older hubft saved it)",
+        ["<seg_adapter_without_decoder>", "<run>/merged"], "does not record its decoder", command="merge"),
+    "segmentation-on-a-classifier-adapter": Case("model.task semantic-segmentation on a classifier's adapter",
+                                                 [*_SEG, "--data.path", "<seg_good>", "--model.name",
+                                                  "local-dir:<classifier_adapter>", "--model.pretrained", "true"],
+                                                 "is a classifier's adapter, not a segmentation model's"),
     "merge-no-such-directory": Case("`hubft merge` of a directory that does not exist", ["<missing>", "<run>/merged"],
                                     "is not a directory", command="merge"),
     # -- sharded training
@@ -312,6 +322,7 @@ def inputs(tmp_path_factory, images) -> dict:
     hubft.save_pretrained(model, root / "good_model")  # labels a, b: the images' classes are class_0..2
     datasets.Dataset.from_dict({"image": files}).to_parquet(str(root / "no_labels.parquet"))
     _segmentation_inputs(root)
+    _adapter_inputs(root, f"local-dir:{root / 'good_model'}")
     return {"missing": root / "nope.yaml", "out_of_range": root / "out_of_range.parquet",
             "no_labels": root / "no_labels.parquet", "images": images, **{p.stem: p for p in root.iterdir()}}
 
@@ -352,6 +363,24 @@ def _segmentation_inputs(root: Path) -> None:
     model = create_segmentation_model("resnet10t", label_names=["background", "circle"], pretrained=False)
     model.hubft_task = {"name": "semantic-segmentation", "multi_label": False}  # as a run records it
     save_pretrained(model, root / "seg_model")  # 2 classes: the shapes' masks hold ids up to 3
+
+
+def _adapter_inputs(root: Path, source: str) -> None:
+    """Segmentation adapters on ``source`` whose records cannot rebuild them as trained, and a classifier's adapter."""
+    import hubft
+    from hubft.models import add_adapter, create_segmentation_model
+
+    for name in ("seg_adapter_other_decoder", "seg_adapter_without_decoder"):
+        model = create_segmentation_model(source, label_names=["a", "b"], head_init_seed=0)
+        hubft.save_pretrained(add_adapter(model, "lora", r=2), root / name)
+        config = json.loads((root / name / "adapter_config.json").read_text())
+        decoder = config["auto_mapping"]["hubft"]["decoder"]
+        if name.endswith("other_decoder"):
+            decoder["feature_indices"] = decoder["feature_indices"][1:]
+        else:
+            del config["auto_mapping"]["hubft"]["decoder"]
+        (root / name / "adapter_config.json").write_text(json.dumps(config))
+    hubft.save_pretrained(add_adapter(hubft.create_model(source), "lora", r=2), root / "classifier_adapter")
 
 
 def _copy_run(src: Path, dst: Path) -> None:

@@ -147,3 +147,56 @@ def test_two_processes_train_a_segmentation_model(tmp_path, free_port):
     masks = hubft.data.load_segmentation_data(path=str(data)).eval
     counted = sum(sum(row) for row in metrics["final"]["confusion_matrix"])
     assert counted == sum(int((np.asarray(m) != 255).sum()) for m in masks["mask"])
+
+
+@pytest.mark.slow
+def test_an_adapter_run_loads_back_from_its_directory_and_the_hub_and_merges(hub, api, repo_id, tmp_path, shapes,
+                                                                           send_hf_token):
+    from huggingface_hub import ModelCard
+
+    from hubft.cli import main
+    from hubft.inference import predict_masks
+    from hubft.models import SegmentationModel, adapter_base, create_segmentation_model, is_adapter_model
+
+    send_hf_token(hub.token)
+    source = tmp_path / "backbone"  # the "pretrained" classifier the segmentation model starts from, on the Hub
+    hubft.save_pretrained(hubft.create_model("resnet10t", label_names=["x", "y"], pretrained=False), source)
+    api.create_repo(f"{repo_id}-base")
+    api.upload_folder(folder_path=str(source), repo_id=f"{repo_id}-base")
+    out = tmp_path / "run"
+    cfg = _config(out, f"hf-hub:{repo_id}-base", epochs=1, batch_size=8)  # two updates
+    cfg["model"].update(pretrained=True, adapter="lora", adapter_options={"r": 4})
+    cfg["hub"] = {"push": True, "repo_id": repo_id}
+    ft = hubft.Finetuner(cfg, dataset=shapes)
+    try:
+        ft.setup()
+        ft.fit()
+        ft.save()
+        ft.push()
+    finally:
+        ft.close()
+        reset_process_state()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fmt = torch.channels_last if ft.parts.channels_last else torch.contiguous_format  # the run's memory format
+
+    def logits(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return model.to(memory_format=fmt).eval()(x.contiguous(memory_format=fmt))
+
+    trained = logits(ft.parts.unwrapped_model)
+    for load, where in ((hubft.from_pretrained, f"local-dir:{out}"), (hubft.from_pretrained, f"hf-hub:{repo_id}"),
+                        (create_segmentation_model, f"hf-hub:{repo_id}")):
+        loaded = load(where)
+        assert is_adapter_model(loaded) and isinstance(adapter_base(loaded), SegmentationModel)
+        assert torch.equal(logits(loaded), trained), where
+    image = shapes["validation"][0]["image"]
+    masks = [predict_masks(model, [image])[0] for model in (f"hf-hub:{repo_id}", ft.parts.unwrapped_model)]
+    assert torch.equal(*masks)
+    card = ModelCard.load(repo_id)  # no timm + peft snippet: timm alone does not build the decoder
+    assert "PeftModel.from_pretrained(base" not in card.text and f'from_pretrained("hf-hub:{repo_id}")' in card.text
+
+    assert main(["merge", repo_id, str(tmp_path / "merged")]) == 0
+    merged = hubft.from_pretrained(f"local-dir:{tmp_path / 'merged'}")
+    assert isinstance(merged, SegmentationModel) and merged.label_names == list(SHAPE_CLASSES)
+    # Folding the adapter into fp32 weights reorders sums: logits of size ~1 move by about 1e-7.
+    torch.testing.assert_close(logits(merged), trained, atol=1e-5, rtol=0)
