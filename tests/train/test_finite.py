@@ -45,3 +45,19 @@ def test_pending_check_on_cpu_and_which_optimizers_take_found_inf():
     assert takes_found_inf(torch.optim.AdamW(p, fused=True))
     assert not takes_found_inf(torch.optim.AdamW(p))
     assert not takes_found_inf(torch.optim.RMSprop(p))
+
+
+@pytest.mark.parametrize("scaler, steps_wrapper", [(None, False), (object(), True)])
+def test_the_loop_steps_accelerates_wrapper_only_where_it_does_work(scaler, steps_wrapper):
+    """With a GradScaler (fp16) Accelerate's optimizer wrapper runs the scaled step; otherwise it only forwards
+    (after a package lookup on disk at every step), and the loop calls the torch optimizer it wraps."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from hubft.train.loop import _stepping_optimizer
+
+    inner = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    wrapper = SimpleNamespace(optimizer=inner, scaler=scaler)
+    parts = SimpleNamespace(optimizer=wrapper, accelerator=SimpleNamespace(distributed_type=DistributedType.NO))
+    assert _stepping_optimizer(parts) is (wrapper if steps_wrapper else inner)
