@@ -68,9 +68,12 @@ def _console_until_step(rel, config, step: int) -> tuple[subprocess.Popen, list[
 
     The marker is printed after the update's log record and before its periodic checkpoint; the child keeps running.
     """
+    # Ctrl-C as from a terminal: a suite started in the background (`make test &`) hands its children SIGINT
+    # ignored, which Python keeps, and the child would never see the interrupt.
     proc = subprocess.Popen([str(rel.HUBFT_BIN), "finetune", "--config", str(config)],
                             env=rel.run_env(HUBFT_FAULT_TRACE="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # A guard against a child that hangs without printing, not a synchronisation: the marker is what we wait for.
     watchdog = threading.Timer(300, proc.kill)
     watchdog.start()
