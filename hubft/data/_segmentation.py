@@ -247,6 +247,16 @@ class SegmentationTransform:
             steps = [v2.Resize((self.size, self.size), antialias=True)]
         self._steps = v2.Compose(steps)
 
+    @classmethod
+    def for_model(cls, pretrained_cfg: dict, *, size: int | None = None, training: bool = False,
+                  **augmentation: Any) -> SegmentationTransform:
+        """The transform for a model: ``size`` (default: its ``input_size``) and its own mean / std (timm's ImageNet
+        defaults when it has none); ``augmentation`` as ``__init__`` takes it (training only)."""
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return cls(size or pretrained_cfg["input_size"][-1], pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN),
+                   pretrained_cfg.get("std", IMAGENET_DEFAULT_STD), training=training, **augmentation)
+
     def __call__(self, image: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as F

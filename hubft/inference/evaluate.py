@@ -112,9 +112,8 @@ def _evaluate_dense(loaded: InferenceModel, source: dict, batch_size: int) -> Ev
 
     names = list(loaded.label_names)
     split = load_segmentation_split(label_names=names, **source)
-    cfg, task = loaded.model.pretrained_cfg, loaded.task
-    transform = SegmentationTransform(cfg["input_size"][-1], cfg.get("mean", (0.485, 0.456, 0.406)),
-                                      cfg.get("std", (0.229, 0.224, 0.225)), training=False)
+    task = loaded.task
+    transform = SegmentationTransform.for_model(loaded.model.pretrained_cfg)
     items = SegmentationDataset(split.data, transform, split.image_column, split.label_column, len(names),
                                 split=split.source.eval_split)
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=task.eval_collate)

@@ -34,6 +34,7 @@ def predict_masks(model: Any, images: Sequence[Any], *, image_size: int | None =
     """
     from torchvision.transforms.v2 import functional as F
 
+    from hubft.data import SegmentationTransform
     from hubft.models import SegmentationModel, adapter_base, from_pretrained
 
     if isinstance(model, (str, os.PathLike)):
@@ -42,10 +43,8 @@ def predict_masks(model: Any, images: Sequence[Any], *, image_size: int | None =
     if not isinstance(adapter_base(model), SegmentationModel):
         raise ModelError(f"predict_masks needs a segmentation model, got {type(model).__name__}",
                          fix="train one with model.task: semantic-segmentation, or use hubft.predict for classifiers")
-    cfg = model.pretrained_cfg
-    size = image_size or cfg["input_size"][-1]
-    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(-1, 1, 1)
-    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(-1, 1, 1)
+    transform = SegmentationTransform.for_model(model.pretrained_cfg, size=image_size)
+    size = transform.size
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -53,7 +52,7 @@ def predict_masks(model: Any, images: Sequence[Any], *, image_size: int | None =
     for start in range(0, len(images), batch_size):
         chunk = [image.convert("RGB") for image in images[start:start + batch_size]]
         x = torch.stack([F.resize(F.pil_to_tensor(im), [size, size], antialias=True) for im in chunk])
-        x = ((x.float() / 255 - mean) / std).to(device)
+        x = transform.normalize(x.to(device))
         logits = model(x)
         for one, image in zip(logits, chunk):
             masks.append(_at_size(one, image.size[::-1]))

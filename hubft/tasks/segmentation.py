@@ -48,12 +48,10 @@ def _load_data(data: Any, dataset: Any, seed: int) -> Any:
 def _create_datasets(data: Any, bundle: Any, pretrained_cfg: dict) -> tuple[Any, Any, Any, Any]:
     from hubft.data import SegmentationDataset, SegmentationTransform
 
-    size = data.image_size or pretrained_cfg["input_size"][-1]
-    mean, std = pretrained_cfg.get("mean", (0.485, 0.456, 0.406)), pretrained_cfg.get("std", (0.229, 0.224, 0.225))
-    train_tf = SegmentationTransform(size, mean, std, training=True, scale=data.scale or (0.5, 1.0),
-                                     ratio=data.ratio or (3 / 4, 4 / 3), hflip=data.hflip,
-                                     color_jitter=data.color_jitter)
-    eval_tf = SegmentationTransform(size, mean, std, training=False)
+    train_tf = SegmentationTransform.for_model(pretrained_cfg, size=data.image_size, training=True,
+                                               scale=data.scale or (0.5, 1.0), ratio=data.ratio or (3 / 4, 4 / 3),
+                                               hflip=data.hflip, color_jitter=data.color_jitter)
+    eval_tf = SegmentationTransform.for_model(pretrained_cfg, size=data.image_size)
     columns = (bundle.image_column, bundle.label_column, len(bundle.label_names))
     return (SegmentationDataset(bundle.train, train_tf, *columns, split="train"),
             SegmentationDataset(bundle.eval, eval_tf, *columns, split="eval"), train_tf.normalize, eval_tf.normalize)

@@ -1,8 +1,8 @@
 """Reading a torch distributed checkpoint without running code from it.
 
 torch's own reader unpickles a checkpoint's ``.metadata`` with plain ``pickle.load``, and its default load planner
-reads every non-tensor entry (an optimizer's LR, betas, group names) with ``torch.load(weights_only=False)``: a
-checkpoint written by someone else could run code on resume. hubft reads both strictly instead:
+reads every non-tensor entry (an optimizer's LR, betas, group names) with ``torch.load`` and ``weights_only`` off:
+a checkpoint written by someone else could run code on resume. hubft reads both strictly instead:
 
 - ``.metadata`` goes through an unpickler that builds only the classes DCP's metadata is made of (listed below);
 - every non-tensor entry is first read with ``torch.load(weights_only=True)``, which admits plain data only, and
